@@ -1,0 +1,259 @@
+"""Reading and checking ActivityNet-format ground truth and predictions.
+
+Layouts (those of the official ActivityNet evaluator, ``Evaluation/eval_detection.py``):
+
+* ground truth ``{"database": {vid: {"subset": s, "duration": d,
+  "annotations": [{"segment": [t0, t1], "label": name}]}}}``
+* predictions ``{"results": {vid: [{"label": name, "segment": [t0, t1], "score": s}]}}``
+
+The official evaluator fails with a bare ``KeyError`` on malformed input; here every problem
+raises :class:`EvaluationInputError` naming the file (when there is one), the key and the fix.
+Parsing returns flat numpy arrays in input order, the order the official evaluator builds its
+data frames in (that order decides how score ties are ranked).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mllm4wtal.errors import UserError
+
+
+class EvaluationInputError(UserError):
+    """Malformed ground truth, predictions or tIoU specification (a ``ValueError``)."""
+
+
+def _where(source: str | None) -> str:
+    return f"{source}: " if source else ""
+
+
+def _is_number(x: Any) -> bool:
+    # bools are ints to Python but never a time or a score
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _segment(seg: Any, key: str, source: str | None) -> tuple[float, float]:
+    if (not isinstance(seg, (list, tuple, np.ndarray)) or len(seg) != 2
+            or not all(_is_number(x) for x in seg)):
+        raise EvaluationInputError(f"{_where(source)}{key}['segment'] must be two numbers "
+                                   f"[start, end] in seconds, got {seg!r}")
+    s, e = float(seg[0]), float(seg[1])
+    if not (math.isfinite(s) and math.isfinite(e)):
+        raise EvaluationInputError(f"{_where(source)}{key}['segment'] = {seg!r} is not finite; "
+                                   "write finite times in seconds")
+    if e < s:
+        raise EvaluationInputError(f"{_where(source)}{key}['segment'] = {seg!r} ends before it "
+                                   "starts; write [start, end]")
+    return s, e
+
+
+def _label(item: dict, key: str, source: str | None) -> str:
+    label = item["label"]
+    if not isinstance(label, str):
+        raise EvaluationInputError(f"{_where(source)}{key}['label'] must be a class name "
+                                   f"(a string), got {label!r}")
+    return label
+
+
+@dataclass
+class GroundTruthArrays:
+    """Ground-truth instances in input order (videos, then their annotations)."""
+
+    videos: list[str]  # video ids of the (filtered) database, in input order
+    video: np.ndarray  # (N,) int64 index into ``videos``
+    segment: np.ndarray  # (N, 2) float64 seconds
+    label: list[str]  # (N,) class names
+
+
+@dataclass
+class PredictionArrays:
+    """Predictions in input order (videos of ``results``, then their list)."""
+
+    video: list[str]  # (P,) video ids
+    segment: np.ndarray  # (P, 2) float64 seconds
+    label: list[str]  # (P,) class names
+    score: np.ndarray  # (P,) int64 when every score is an integer, else float64
+
+
+def parse_ground_truth(data: Any, subset: str | None = None, source: str | None = None
+                       ) -> GroundTruthArrays:
+    """Check ``data`` and flatten its instances; ``subset`` keeps only videos of that subset.
+
+    Raises EvaluationInputError naming ``source`` (a file name, if any) and the key.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
+        raise EvaluationInputError(f"{_where(source)}ground truth needs a 'database' mapping "
+                                   "video id -> {subset, duration, annotations} (ActivityNet "
+                                   "format)")
+    videos: list[str] = []
+    vidx: list[int] = []
+    segs: list[tuple[float, float]] = []
+    labels: list[str] = []
+    subsets: set[str] = set()
+    for vid, entry in data["database"].items():
+        where = f"database['{vid}']"
+        if not isinstance(entry, dict):
+            raise EvaluationInputError(f"{_where(source)}{where} must be a mapping with "
+                                       "'subset' and 'annotations'")
+        if subset is not None:
+            if "subset" not in entry:
+                raise EvaluationInputError(f"{_where(source)}{where} has no 'subset' key, "
+                                           f"needed to keep subset '{subset}'; add it or "
+                                           "evaluate without a subset")
+            subsets.add(str(entry["subset"]))
+            if entry["subset"] != subset:
+                continue
+        anns = entry.get("annotations")
+        if not isinstance(anns, list):
+            raise EvaluationInputError(f"{_where(source)}{where}['annotations'] must be a list "
+                                       "of {segment, label} (empty for a video without "
+                                       f"actions), got {anns!r}")
+        n = len(videos)
+        videos.append(str(vid))
+        for i, ann in enumerate(anns):
+            key = f"{where}['annotations'][{i}]"
+            if not isinstance(ann, dict) or "label" not in ann or "segment" not in ann:
+                raise EvaluationInputError(f"{_where(source)}{key} needs 'segment' and 'label'")
+            segs.append(_segment(ann["segment"], key, source))
+            labels.append(_label(ann, key, source))
+            vidx.append(n)
+    if subset is not None and subset not in subsets:
+        names = ", ".join(sorted(subsets)) or "none"
+        raise EvaluationInputError(f"{_where(source)}no video has subset '{subset}'; "
+                                   f"subsets present: {names}")
+    return GroundTruthArrays(videos=videos, video=np.asarray(vidx, dtype=np.int64),
+                             segment=np.asarray(segs, dtype=np.float64).reshape(-1, 2),
+                             label=labels)
+
+
+def parse_predictions(data: Any, source: str | None = None) -> PredictionArrays:
+    """Check ``data`` and flatten its predictions in input order.
+
+    Raises EvaluationInputError naming ``source`` (a file name, if any) and the key.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise EvaluationInputError(f"{_where(source)}predictions need a 'results' mapping "
+                                   "video id -> [{label, segment, score}] (ActivityNet format)")
+    vids: list[str] = []
+    segs: list[Any] = []
+    labels: list[Any] = []
+    scores: list[Any] = []
+    for vid, items in data["results"].items():
+        if not isinstance(items, list):
+            raise EvaluationInputError(f"{_where(source)}results['{vid}'] must be a list of "
+                                       "{label, segment, score}")
+        for i, p in enumerate(items):
+            try:
+                segs.append(p["segment"])
+                labels.append(p["label"])
+                scores.append(p["score"])
+            except (KeyError, TypeError, IndexError):
+                raise EvaluationInputError(f"{_where(source)}results['{vid}'][{i}] needs "
+                                           "'label', 'segment' and 'score'") from None
+        vids.extend([str(vid)] * len(items))
+
+    # bulk checks for the plain JSON case (one pass in C per list); anything else goes
+    # through the per-item checks, which also name the offending item
+    score_types = set(map(type, scores))
+    plain = (score_types <= {float, int} and set(map(type, labels)) <= {str}
+             and set(map(type, segs)) <= {list, tuple} and set(map(len, segs)) <= {2}
+             and set(map(type, chain.from_iterable(segs))) <= {float, int})
+    if plain:
+        seg_arr = np.asarray(segs, dtype=np.float64).reshape(-1, 2)
+        score_f = np.asarray(scores, dtype=np.float64)
+        plain = bool(np.isfinite(seg_arr).all() and (seg_arr[:, 1] >= seg_arr[:, 0]).all()
+                     and np.isfinite(score_f).all())
+    if not plain:
+        for k, key in enumerate(_prediction_keys(data["results"])):
+            score = scores[k]
+            if not _is_number(score) or not math.isfinite(score):
+                raise EvaluationInputError(f"{_where(source)}{key}['score'] = {score!r} is not "
+                                           "a finite number")
+            segs[k] = _segment(segs[k], key, source)
+            if not isinstance(labels[k], str):
+                _label({"label": labels[k]}, key, source)
+        seg_arr = np.asarray(segs, dtype=np.float64).reshape(-1, 2)
+        score_f = np.asarray([float(x) for x in scores], dtype=np.float64)
+    score_arr = score_f
+    # the official reads scores into a pandas column: int64 when all are integers, and the
+    # dtype decides how np.argsort orders score ties
+    all_int = score_types <= {int} if plain else all(
+        isinstance(x, numbers.Integral) for x in scores)
+    if scores and all_int:
+        try:
+            score_arr = np.asarray(scores, dtype=np.int64)
+        except OverflowError:  # beyond int64 pandas would not make an int64 column either
+            pass
+    return PredictionArrays(video=vids, segment=seg_arr, label=labels, score=score_arr)
+
+
+def _prediction_keys(results: dict) -> Iterator[str]:
+    for vid, items in results.items():
+        for i in range(len(items)):
+            yield f"results['{vid}'][{i}]"
+
+
+def _load_json(path: str | Path, what: str) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise EvaluationInputError(f"{p}: {what} file does not exist")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EvaluationInputError(f"{p}: {what} file is not valid JSON ({e})") from None
+
+
+def load_ground_truth(path: str | Path) -> dict:
+    """Read and check an ActivityNet ground-truth JSON file (errors name ``path``)."""
+    data = _load_json(path, "ground-truth")
+    parse_ground_truth(data, source=str(path))
+    return data
+
+
+def load_predictions(path: str | Path) -> dict:
+    """Read and check an ActivityNet results JSON file (errors name ``path``)."""
+    data = _load_json(path, "predictions")
+    parse_predictions(data, source=str(path))
+    return data
+
+
+def parse_tiou_range(spec: str) -> tuple[float, ...]:
+    """tIoU thresholds from ``"0.1:0.7:0.1"`` (start:stop:step, stop included) or a list
+    ``"0.5,0.75,0.95"``; values rounded to 6 decimals (no ``0.30000000000000004``)."""
+    values: list[float] = []
+    try:
+        if ":" in spec:
+            start, stop, step = (float(x) for x in spec.split(":"))
+            if step > 0 and stop >= start:
+                n = math.floor((stop - start) / step + 1e-9) + 1
+                values = [round(start + i * step, 6) for i in range(n)]
+        else:
+            values = [round(float(x), 6) for x in spec.split(",")]
+    except (ValueError, OverflowError):
+        values = []
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise EvaluationInputError(f"tIoU spec '{spec}' is invalid; write start:stop:step "
+                                   "such as 0.1:0.7:0.1, or a list such as 0.5,0.75,0.95 "
+                                   "(values in (0, 1])")
+    return tuple(values)
+
+
+def check_tious(tious: Sequence[float]) -> np.ndarray:
+    """Thresholds as a float64 array; raises on an empty or non-finite list."""
+    try:
+        thr = np.asarray(tious, dtype=np.float64)
+    except (TypeError, ValueError):
+        thr = np.array([np.nan])
+    if thr.ndim != 1 or len(thr) == 0 or not np.all(np.isfinite(thr)):
+        raise EvaluationInputError(f"tious = {tious!r}: give one or more finite tIoU "
+                                   "thresholds, e.g. (0.1, 0.2, ..., 0.7)")
+    return thr

@@ -1,0 +1,19 @@
+"""Proposals from snippet scores: thresholds, outer-inner score, soft-NMS (numpy only)."""
+
+from mllm4wtal.inference.nms import soft_nms
+from mllm4wtal.inference.proposals import (
+    Proposal,
+    ProposalConfig,
+    contiguous_runs,
+    generate_proposals,
+    outer_inner_score,
+    remove_ambiguous,
+    results_json,
+    select_classes,
+    video_level_scores,
+)
+
+__all__ = [
+    "Proposal", "ProposalConfig", "contiguous_runs", "generate_proposals", "outer_inner_score",
+    "remove_ambiguous", "results_json", "select_classes", "soft_nms", "video_level_scores",
+]

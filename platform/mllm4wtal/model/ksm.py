@@ -1,0 +1,77 @@
+"""Key Semantic Matching (eq. 4-10 of MLLM4WTAL).
+
+Text queries: T_query = [T_start; T_context; T_key] (eq. 5) -> transformer encoder ->
+one query per class, read out as the [START] output plus the mean of the key-word
+outputs; the (C+1)-th (background) query is a
+parameter initialised to zero. Matching: M = s <F_e / |F_e|, F_query / |F_query|> (inner
+products of unit vectors with a learnable scale s, initialised to 10, as CLIP-style
+matching does: raw inner products of fresh embeddings are too small to train the MIL
+losses at the paper's learning rate); the background query is not normalised so that it
+can start at zero. M_hat = A_KSM * M. The loss (eq. 6-10) is ``train.losses.ksm_loss``.
+
+``prompt``: ``learnable`` context vectors (CoOp-style, as the paper) or ``handcraft``:
+the fixed word vectors of a hand-written prompt ("a video of a person").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+HANDCRAFT_PROMPT = "a video of a person"
+
+
+class KSM(nn.Module):
+    def __init__(self, word_dim: int, hidden: int, dim: int, n_ctx: int, layers: int,
+                 heads: int, prompt: str, handcraft: Tensor | None = None) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.start = nn.Parameter(torch.randn(dim) * 0.02)
+        self.word_proj = nn.Linear(word_dim, dim)
+        if prompt == "learnable":
+            self.ctx = nn.Parameter(torch.randn(n_ctx, dim) * 0.02)
+        elif prompt == "handcraft":
+            if handcraft is None:
+                raise ValueError("prompt='handcraft' needs the prompt's word vectors")
+            self.register_buffer("handcraft", handcraft.clone())
+            self.ctx = None
+        else:
+            raise ValueError(f"unknown prompt '{prompt}'")
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout=0.1, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden))
+        self.bg_query = nn.Parameter(torch.zeros(hidden))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def _context(self) -> Tensor:
+        return self.ctx if self.ctx is not None else self.word_proj(self.handcraft)
+
+    def queries(self, key_vectors: Tensor, key_mask: Tensor) -> Tensor:
+        """F_query (C+1, H) from the word vectors of one key description per class.
+
+        key_vectors (C, L, word_dim); key_mask (C, L), True where a word is present.
+        """
+        c = key_vectors.shape[0]
+        ctx = self._context()
+        tokens = torch.cat([
+            self.start.expand(c, 1, -1),
+            ctx.expand(c, -1, -1),
+            self.word_proj(key_vectors),
+        ], dim=1)
+        pad = torch.cat([key_mask.new_ones(c, 1 + ctx.shape[0]), key_mask], dim=1)
+        encoded = self.encoder(tokens, src_key_padding_mask=~pad)
+        # read out the contextualised key words (mean), not [START] alone: at initialisation
+        # the [START] output is almost the same for every class
+        words = encoded[:, 1 + ctx.shape[0]:]
+        m = key_mask.to(words.dtype)[..., None]
+        pooled = (words * m).sum(1) / m.sum(1).clamp_min(1) + encoded[:, 0]
+        fq = F.normalize(self.out(pooled), dim=-1)
+        return torch.cat([fq, self.bg_query[None]], dim=0)
+
+    def match(self, embedding: Tensor, queries: Tensor) -> Tensor:
+        """M (B, T, C+1) from F_e (B, T, H) and the queries (C+1, H) (eq. 6-7 inputs)."""
+        return self.log_scale.exp() * F.normalize(embedding, dim=-1) @ queries.t()

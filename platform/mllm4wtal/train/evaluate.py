@@ -1,0 +1,110 @@
+"""Model -> proposals -> mAP on the test subset. Only the video branch and the
+localization head run (``inference.source: loc_head``), or the video branch's class
+activation and attention (``cas``): no text, no CSR, no MLLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mllm4wtal.config import Config
+from mllm4wtal.data.batching import pad_batch
+from mllm4wtal.data.types import WTALDataset
+from mllm4wtal.errors import UserError
+from mllm4wtal.evaluation import DetectionResult, average_metric_name, evaluate_detection
+from mllm4wtal.inference import ProposalConfig, generate_proposals, remove_ambiguous, results_json
+from mllm4wtal.model.mllm4wtal import MLLM4WTAL
+from mllm4wtal.train.losses import topk_mean
+
+
+def primary_metric(cfg: Config) -> str:
+    """The metric runs are ranked by: the mean mAP over the configured tIoUs."""
+    return average_metric_name(cfg.eval.tious)
+
+
+def proposal_config(cfg: Config) -> ProposalConfig:
+    ic = cfg.inference
+    return ProposalConfig(topk_divisor=ic.topk_divisor, class_threshold=ic.class_threshold,
+                          act_thresholds=ic.act_thresholds, outer_ratio=ic.outer_ratio,
+                          video_score_weight=ic.video_score_weight, nms_sigma=ic.nms_sigma)
+
+
+@torch.no_grad()
+def snippet_scores(model: MLLM4WTAL, features: torch.Tensor, mask: torch.Tensor, source: str,
+                   topk: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per video of a padded batch: (cas (T, C) logits, actionness, video scores (C,))."""
+    out = model.video(features, mask)
+    if source == "loc_head":
+        if out.loc_logits is None:
+            raise UserError("inference.source = 'loc_head' but loc_head.enabled = false; "
+                             "use --set inference.source=cas")
+        cas = out.loc_logits.float()
+        act = torch.sigmoid(cas)
+        scores = torch.sigmoid(topk_mean(cas, mask, topk))
+    else:
+        cas = out.cas.float()[..., : model.num_classes]
+        act = out.attention.float()
+        scores = torch.softmax(topk_mean(out.cas.float(), mask, topk), -1)[:, : model.num_classes]
+    res = []
+    for i in range(features.shape[0]):
+        n = int(mask[i].sum())
+        res.append((cas[i, :n].cpu().numpy(), act[i, :n].cpu().numpy(), scores[i].cpu().numpy()))
+    return res
+
+
+def evaluate_model(model: MLLM4WTAL, dataset: WTALDataset, cfg: Config, device: torch.device,
+                   batch_size: int = 16) -> tuple[DetectionResult, dict]:
+    """mAP of the model on ``dataset.test`` and the predictions (ActivityNet JSON)."""
+    was_training = model.training
+    model.eval()
+    pcfg = proposal_config(cfg)
+    videos = dataset.test
+    per_video = {}
+    for b in range(0, len(videos), batch_size):
+        chunk = videos[b:b + batch_size]
+        features, mask = pad_batch([v.features for v in chunk])
+        scored = snippet_scores(model, features.to(device), mask.to(device),
+                                cfg.inference.source, cfg.inference.topk_divisor)
+        for v, (cas, act, scores) in zip(chunk, scored, strict=True):
+            props = generate_proposals(cas, act, v.fps, pcfg, dataset.frames_per_snippet,
+                                       v.duration, video_scores=scores)
+            if cfg.inference.remove_ambiguous:
+                props = remove_ambiguous(props, dataset.ambiguous.get(v.name, []))
+            per_video[v.name] = props
+    model.train(was_training)
+    predictions = results_json(per_video, dataset.classes, version=dataset.name)
+    result = evaluate_detection(dataset.ground_truth(dataset.test_subset), predictions,
+                                cfg.eval.tious)
+    return result, predictions
+
+
+def evaluate_checkpoint(path: str, overrides: list[str] | None = None
+                        ) -> tuple[DetectionResult, dict]:
+    """Rebuild the model of a checkpoint (its text tensors are in its state) and evaluate it
+    on the test subset of its dataset; ``overrides`` may change e.g. data.root or
+    inference.* keys."""
+    from mllm4wtal.config import from_flat, parse_override
+    from mllm4wtal.data.load import load_from_config
+    from mllm4wtal.model.mllm4wtal import TextTensors
+    from mllm4wtal.train.checkpoint import load_checkpoint
+    from mllm4wtal.train.loop import resolve_device
+
+    state = load_checkpoint(path)
+    flat = {**state["config"], **dict(parse_override(o) for o in overrides or [])}
+    cfg = from_flat(flat, where=f"{path} config")
+    dataset = load_from_config(cfg.data)
+    if dataset.classes != state["classes"]:
+        raise UserError(f"{path}: trained on classes {state['classes'][:3]}..., but the "
+                         f"dataset has {dataset.classes[:3]}...; point data.* at its dataset")
+    weights = state["model"]
+    text = None
+    if "word_vectors" in weights:
+        text = TextTensors(word_vectors=weights["word_vectors"], key_ids=weights["key_ids"],
+                           key_count=weights["key_count"],
+                           handcraft_ids=torch.zeros(
+                               weights.get("ksm.handcraft", torch.zeros(1, 1)).shape[0],
+                               dtype=torch.long))
+    device = resolve_device(cfg.train.device)
+    model = MLLM4WTAL(cfg, dataset.num_classes, dataset.feature_dim, dataset.rgb_dim, text)
+    model.load_state_dict(weights)
+    return evaluate_model(model.to(device), dataset, cfg, device)

@@ -1,0 +1,167 @@
+"""The training loop: config + dataset + a ``report`` callback. It knows nothing of Ray.
+
+Read top to bottom: seed, build text and model, maybe resume, then iterate: sample a batch,
+one DPID step, and every ``eval_interval`` iterations evaluate (proposals -> mAP), write
+``last.pt`` (and ``best.pt`` when the average mAP improved) and call
+``report(metrics, run_dir)``. A run resumed from a checkpoint continues bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mllm4wtal.config import Config, save_config, to_flat
+from mllm4wtal.data.batching import TrainBatchSampler
+from mllm4wtal.data.types import WTALDataset
+from mllm4wtal.errors import DivergenceError, UserError
+from mllm4wtal.model.mllm4wtal import MLLM4WTAL
+from mllm4wtal.text.bundle import TextBundle, build_text_bundle
+from mllm4wtal.train.checkpoint import load_checkpoint, save_checkpoint
+from mllm4wtal.train.dpid import DPID, Batch
+from mllm4wtal.train.evaluate import evaluate_model, primary_metric
+
+Report = Callable[[dict[str, float], Path], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iteration: int
+    best_metric: float
+    best_iteration: int
+    last_metrics: dict[str, float]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device = 'cuda' but no CUDA device is visible; use "
+                        "--set train.device=cpu (or auto)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: Config, dataset: WTALDataset, text: TextBundle | None) -> MLLM4WTAL:
+    return MLLM4WTAL(cfg, dataset.num_classes, dataset.feature_dim, dataset.rgb_dim,
+                     text.tensors if text is not None else None)
+
+
+def make_batch(cfg: Config, dataset: WTALDataset, sampler: TrainBatchSampler,
+               text: TextBundle | None, rng: np.random.Generator) -> Batch:
+    """Sampled, padded features + labels, and for CSR one masked complete description per
+    video (all draws from ``rng``, whose state the checkpoint keeps)."""
+    drawn = sampler.make_batch(rng)
+    batch = Batch(features=drawn["features"], mask=drawn["mask"], labels=drawn["labels"])
+    if text is not None and cfg.csr.enabled:
+        videos = [dataset.train[int(i)] for i in drawn["indices"]]
+        batch.text_ids, batch.text_mask, batch.masked = text.masked_sentences(
+            videos, cfg.csr.mask_ratio, cfg.csr.key_word_weight, rng)
+    return batch
+
+
+def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, report: Report | None = None,
+          resume: str | Path | None = None, progress: bool = True) -> TrainResult:
+    """Train MLLM4WTAL; checkpoints and metrics go to ``run_dir``.
+
+    ``resume``: a checkpoint (``last.pt``) to continue from; its config must match ``cfg``
+    except for ``train.iterations`` (a run may be extended).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    text = build_text_bundle(cfg, dataset) if (cfg.ksm.enabled or cfg.csr.enabled) else None
+    model = build_model(cfg, dataset, text).to(device)
+    dpid = DPID(model, cfg)
+    sampler = TrainBatchSampler.from_dataset(
+        dataset, batch_size=cfg.data.batch_size, max_seqlen=cfg.data.max_seqlen,
+        n_similar=cfg.data.n_similar, seed=cfg.train.seed)
+    rng = np.random.default_rng(cfg.train.seed)
+
+    start, best, best_it, last_metrics = 0, -math.inf, -1, {}
+    if resume is not None:
+        state = load_checkpoint(resume)
+        _check_resumable(cfg, state, resume)
+        model.load_state_dict(state["model"])
+        dpid.opt_ksm.load_state_dict(state["opt_ksm"])
+        if dpid.opt_csr is not None:
+            dpid.opt_csr.load_state_dict(state["opt_csr"])
+        torch.set_rng_state(state["rng"]["torch"])
+        rng.bit_generator.state = state["rng"]["numpy"]
+        start, best, best_it = state["iteration"], state["best"], state["best_iteration"]
+        last_metrics = state.get("metrics", {})
+    else:
+        save_config(cfg, run_dir / "config.yaml")
+
+    def checkpoint_state(iteration: int, metrics: dict[str, float]) -> dict:
+        return {
+            "model": model.state_dict(),
+            "opt_ksm": dpid.opt_ksm.state_dict(),
+            "opt_csr": dpid.opt_csr.state_dict() if dpid.opt_csr is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
+            "iteration": iteration, "best": best, "best_iteration": best_it,
+            "metrics": metrics, "config": to_flat(cfg),
+            "classes": dataset.classes, "dataset": dataset.name,
+        }
+
+    bar = tqdm(range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations,
+               disable=not progress, desc="train", dynamic_ncols=True)
+    losses: dict[str, float] = {}
+    for it in bar:
+        batch = make_batch(cfg, dataset, sampler, text, rng).to(device)
+        try:
+            losses = dpid.step(batch, it)
+        except DivergenceError as e:
+            bar.close()
+            kept = run_dir / "last.pt"
+            e.args = (e.args[0] + (f"; the last good checkpoint is {kept}" if kept.exists()
+                                   else "; no checkpoint was written before it"),)
+            raise
+        done = it + 1
+        if done % cfg.train.eval_interval == 0 or done == cfg.train.iterations:
+            result, predictions = evaluate_model(model, dataset, cfg, device)
+            metrics = {**result.flat_metrics(), **losses, "iteration": float(done),
+                       "lr": dpid.opt_ksm.param_groups[0]["lr"]}
+            score = metrics[primary_metric(cfg)]
+            if score > best:
+                best, best_it = score, done
+                save_checkpoint(run_dir / "best.pt", checkpoint_state(done, metrics))
+                (run_dir / "predictions.json").write_text(json.dumps(predictions))
+            save_checkpoint(run_dir / "last.pt", checkpoint_state(done, metrics))
+            last_metrics = metrics
+            with (run_dir / "metrics.jsonl").open("a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            if report is not None:
+                report(metrics, run_dir)
+        bar.set_postfix(match=f"{losses.get('loss/match', 0):.3f}",
+                        rec=f"{losses.get('loss/rec', 0):.3f}",
+                        mAP=f"{last_metrics.get(primary_metric(cfg), 0) * 100:.1f}")
+    bar.close()
+    return TrainResult(run_dir=run_dir, iteration=cfg.train.iterations, best_metric=best,
+                       best_iteration=best_it, last_metrics=last_metrics)
+
+
+def _check_resumable(cfg: Config, state: dict, path: str | Path) -> None:
+    saved, now = dict(state["config"]), to_flat(cfg)
+    for key in ("train.iterations", "train.device", "train.out_dir"):
+        saved.pop(key, None)
+        now.pop(key, None)
+    diff = sorted(k for k in now if saved.get(k) != now[k])
+    if diff:
+        raise UserError(f"cannot resume from '{path}': its config differs in "
+                        f"{', '.join(diff[:5])}; resume with the run's own config.yaml")
