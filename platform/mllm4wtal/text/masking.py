@@ -1,21 +1,78 @@
-"""Masking of complete descriptions for CSR (MLLM4WTAL: "mask 1/3 of the words ... with a
-high probability of masking action words").
+"""Masking of complete descriptions for CSR.
 
-``ratio`` of the words of a sentence is masked (rounded, at least one), drawn without
-replacement with weight ``key_weight`` on key action words (words of the class name and
-of its key description that are not stop words) and 1 on the others.
+MLLM4WTAL (text before eq. 14, after Boosting-WTAL's VLC): "we randomly mask 1/3 of the
+words in the sentence ..., which may lead to a high probability of masking action labeling
+text"; the masked words are what the reconstructor predicts (eq. 16-17). Here the share is
+``ratio`` of the words (rounded half up, at least one), drawn without replacement, each
+key action word (a word of the class name or of the key description that is not a stop
+word) ``key_weight`` times as likely as another word. Special tokens are never masked.
+Deterministic for a given ``numpy.random.Generator`` state.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection, Sequence
+
 import numpy as np
+
+from mllm4wtal.text.vocab import MASK, SPECIAL_IDS
+
+DEFAULT_KEY_WEIGHT = 3.0
+
+
+def num_to_mask(n_words: int, ratio: float) -> int:
+    """round(ratio * n_words), halves rounded up, clipped to [1, n_words] (0 if no words)."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
+    if n_words <= 0:
+        return 0
+    # floor(x + 0.5), not round(): Python rounds halves to even (round(2.5) == 2)
+    return min(n_words, max(1, math.floor(ratio * n_words + 0.5)))
 
 
 def mask_positions(n_words: int, is_key: np.ndarray, ratio: float, key_weight: float,
                    rng: np.random.Generator) -> np.ndarray:
-    """Indices (sorted) of the words to mask in a sentence of ``n_words`` words."""
-    if n_words <= 0:
+    """Sorted indices of the words to mask in a sentence of ``n_words`` words.
+
+    ``is_key[i]``: word i is a key action word (weight ``key_weight``, others 1).
+    """
+    if key_weight <= 0:
+        raise ValueError(f"key_weight must be positive, got {key_weight}")
+    k = num_to_mask(n_words, ratio)
+    if k == 0:
         return np.zeros(0, dtype=np.int64)
-    k = min(n_words, max(1, int(round(ratio * n_words))))
-    w = np.where(is_key[:n_words], key_weight, 1.0)
-    return np.sort(rng.choice(n_words, size=k, replace=False, p=w / w.sum()))
+    key = np.asarray(is_key, dtype=bool)[:n_words]
+    if key.shape[0] != n_words:
+        raise ValueError(f"is_key has {key.shape[0]} entries for {n_words} words")
+    w = np.where(key, float(key_weight), 1.0)
+    pos = rng.choice(n_words, size=k, replace=False, p=w / w.sum())
+    return np.sort(pos).astype(np.int64)
+
+
+def mask_tokens(token_ids: Sequence[int] | np.ndarray, ratio: float,
+                key_word_ids: Collection[int], rng: np.random.Generator,
+                stop_ids: Collection[int] = (), key_weight: float = DEFAULT_KEY_WEIGHT,
+                mask_id: int = MASK, special_ids: Collection[int] = SPECIAL_IDS,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Mask a share of the words of one tokenised sentence.
+
+    token_ids: the sentence (may contain ``<start>``/``<pad>``/``<unk>``: never masked).
+    key_word_ids: ids of key action words; those also in ``stop_ids`` get no extra weight.
+    Returns ``(masked_ids, target_positions)``: a copy of the ids with ``mask_id`` at the
+    target positions, and those positions (sorted), whose original ids are the targets of
+    L_CSR (eq. 17).
+    """
+    ids = np.asarray(token_ids, dtype=np.int64)
+    if ids.ndim != 1:
+        raise ValueError(f"token_ids must be one sentence (1-D), got shape {ids.shape}")
+    specials = np.fromiter((int(s) for s in special_ids), dtype=np.int64)
+    candidates = np.flatnonzero(~np.isin(ids, specials))
+    keys = set(map(int, key_word_ids)) - set(map(int, stop_ids))
+    is_key = np.fromiter((int(t) in keys for t in ids[candidates]), dtype=bool,
+                         count=len(candidates))
+    chosen = mask_positions(len(candidates), is_key, ratio, key_weight, rng)
+    positions = candidates[chosen]
+    masked = ids.copy()
+    masked[positions] = mask_id
+    return masked, positions
