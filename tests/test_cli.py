@@ -81,6 +81,12 @@ def test_data_info_and_export(tiny_overrides, tmp_path, capsys):
     assert (tmp_path / "exp" / "Synthetic-I3D-JOINTFeatures.npy").is_file()
     assert main(["data", "info", "--config", "synthetic", *sets, "--set", "data.format=wtal",
                  "--set", f"data.root={tmp_path / 'exp'}", "--set", "data.name=Synthetic"]) == 0
+    assert main(["data", "pack", "--config", "synthetic", *sets, "--out",
+                 str(tmp_path / "packed")]) == 0
+    capsys.readouterr()
+    assert main(["data", "info", "--config", "synthetic", *sets, "--set", "data.format=packed",
+                 "--set", f"data.root={tmp_path / 'packed'}"]) == 0
+    assert "validation" in capsys.readouterr().out
 
 
 def test_synthetic_truth_round_trips_through_proposals_to_map_one(tiny_data):
