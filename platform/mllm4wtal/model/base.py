@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from mllm4wtal.train.losses import masked_mean
+
 
 @dataclass
 class BaseOutput:
@@ -83,12 +85,6 @@ class BaseWTAL(nn.Module):
     def aux_losses(self, out: BaseOutput, cas: Tensor, labels: Tensor, mask: Tensor,
                    topk: int) -> dict[str, Tensor]:
         return {}
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of x (B, T) over the valid snippets of every video, then over the batch."""
-    m = mask.to(x.dtype)
-    return ((x * m).sum(1) / m.sum(1).clamp_min(1)).mean()
 
 
 class MILBaseline(BaseWTAL):
