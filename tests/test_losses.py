@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from mllm4wtal.model.csr import masked_word_nll, weighted_attention
 from mllm4wtal.model.loc_head import pseudo_labels
 from mllm4wtal.train.losses import (
