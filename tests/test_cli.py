@@ -59,7 +59,7 @@ def test_train_resume_and_evaluate_checkpoint(tiny_overrides, tmp_path, capsys):
     assert (run / "best.pt").is_file() and (run / "config.yaml").is_file()
     # a second train into the same directory is refused, not overwritten
     assert main(["train", "--config", "synthetic", *sets, "--run-dir", str(run)]) == 2
-    assert "--resume" in capsys.readouterr().err
+    assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--config", "synthetic", *sets, "--set", "train.iterations=6",
                  "--resume", str(run / "last.pt"), "--no-progress"]) == 0
     capsys.readouterr()

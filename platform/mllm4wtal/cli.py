@@ -107,9 +107,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume).parent
     elif args.run_dir:
         run_dir = Path(args.run_dir)
-        if (run_dir / "last.pt").exists():
-            raise UserError(f"{run_dir} already holds a run; pass --resume {run_dir}/last.pt "
-                            "or another --run-dir")
     else:
         stem = Path(args.config).stem
         run_dir = Path(cfg.train.out_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"

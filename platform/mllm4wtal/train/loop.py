@@ -82,6 +82,9 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, report: Report
     except for ``train.iterations`` (a run may be extended).
     """
     run_dir = Path(run_dir)
+    if resume is None and (run_dir / "last.pt").exists():
+        raise UserError(f"{run_dir} already holds a run; resume it from {run_dir}/last.pt or "
+                        "choose another run directory (nothing is overwritten)")
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
