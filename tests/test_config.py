@@ -55,6 +55,14 @@ def test_dotted_override_and_yaml_file(tmp_path):
     assert cfg.train.lr == 5e-4
 
 
+def test_exponent_floats_without_a_dot():
+    # PyYAML reads '5e-5' as a string (YAML 1.1); a float field still takes it
+    assert load_config("thumos14", ["train.lr=5e-5"]).train.lr == 5e-5
+    assert load_config("thumos14", ["eval.tious=[1e-1, 5e-1]"]).eval.tious == (0.1, 0.5)
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config("thumos14", ["train.lr=fast"])
+
+
 def test_save_and_reload(tmp_path):
     cfg = with_overrides(load_config("thumos14"), {"loss.lambda2": 0.25})
     save_config(cfg, tmp_path / "c.yaml")

@@ -15,6 +15,8 @@ EPILOG = """examples:
   mllm4wtal train --config synthetic                        # a run on the built-in benchmark
   mllm4wtal train --config thumos14 --set data.root=/data/thumos --set loss.lambda1=2.0
   mllm4wtal evaluate --gt gt.json --pred predictions.json --tiou 0.1:0.7:0.1
+  mllm4wtal sweep search_spaces/quickstart.yaml             # Ray Tune + Optuna + ASHA + MLflow
+  mllm4wtal sweep --resume sweeps/quickstart                # continue an interrupted sweep
   mllm4wtal data info --config thumos14 --set data.root=/data/thumos
   mllm4wtal data pack --config thumos14 --set data.root=/data/thumos --out /data/thumos-packed
   mllm4wtal config --explain                                # every key, default and range
@@ -67,6 +69,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start:stop:step (inclusive) or a comma list (default 0.1:0.7:0.1; "
                         "ActivityNet: 0.5:0.95:0.05)")
     p.add_argument("--output", default=None, help="write {'map': {tiou: value}, 'average': x}")
+
+    p = sub.add_parser("sweep", help="hyperparameter search: Ray Tune + Optuna + ASHA + MLflow",
+                       description="Run the search a search-space YAML describes (schema: "
+                                   "search_spaces/*.yaml, mllm4wtal.sweep.spaces): each trial "
+                                   "is one training run as Ray Tune trial, Optuna proposes "
+                                   "configs, ASHA stops poor trials at its rungs, MLflow gets "
+                                   "one parent run per sweep and one child run per trial. "
+                                   "The file is validated completely before Ray starts. Joins "
+                                   "the cluster in RAY_ADDRESS (e.g. under `ray job submit`), "
+                                   "else starts Ray in-process.")
+    p.add_argument("space", nargs="?", default=None, metavar="SPACE.yaml",
+                   help="search-space file, e.g. search_spaces/quickstart.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of the base training config, repeatable")
+    p.add_argument("--storage", default=None, metavar="DIR|URI",
+                   help="where the experiment directory goes (overrides storage.path; must "
+                        "be absolute or remote under `ray job submit`)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (overrides mlflow.tracking_uri; default: a "
+                        "sqlite file in the experiment directory)")
+    p.add_argument("--resume", default=None, metavar="EXPERIMENT_DIR",
+                   help="continue an interrupted sweep (finished trials are not rerun, "
+                        "errored ones resume from their checkpoints)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the file and print the plan; start nothing")
 
     p = sub.add_parser("data", help="inspect, pack or export datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -150,6 +177,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mllm4wtal.sweep import runner
+
+    if args.resume:
+        if args.space or args.overrides or args.storage or args.tracking_uri:
+            raise UserError("--resume takes the experiment directory alone: the sweep goes on "
+                            "with the file, --set and locations it was started with")
+        space = runner.reload(args.resume)
+    elif args.space:
+        space = runner.load(args.space, args.overrides, args.storage, args.tracking_uri)
+    else:
+        raise UserError("sweep needs a search-space file (e.g. search_spaces/quickstart.yaml) "
+                        "or --resume EXPERIMENT_DIR")
+    print(runner.describe(space))
+    if args.check:
+        return 0
+    if not args.resume:
+        runner.claim(space, args.overrides)
+    result = runner.run_sweep(space, resume=bool(args.resume))
+    print(runner.conclusion(space, result))
+    return 130 if result.interrupted else 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from mllm4wtal.data import dataset_info, pack, save_wtal
     from mllm4wtal.data.load import load_from_config
@@ -185,7 +235,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "config": cmd_config}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "data": cmd_data,
+            "config": cmd_config}
 
 
 def main(argv: list[str] | None = None) -> int:

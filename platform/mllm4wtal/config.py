@@ -75,9 +75,11 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    base: str = _f("mil", "base WTAL model", choices=["mil"])
+    base: str = _f("mil", "base WTAL model", choices=["mil", "co2net", "delu"])
     hidden_dim: int = _f(2048, "width of the video embedding F_e", min=8)
     dropout: float = _f(0.7, "dropout in the video embedding", min=0.0, max=0.99)
+    norm_weight: float = _f(0.8, "weight of the base model's attention sparsity term (mean "
+                            "attention; 0.8 in the CO2-Net and DELU code bases)", min=0.0)
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,11 @@ def _coerce(key: str, tp: Any, meta: dict, value: Any, where: str) -> Any:
             else:
                 raise bad
     elif tp is float:
+        if isinstance(value, str):  # PyYAML reads 5e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
         value = float(value)

@@ -19,11 +19,13 @@ from torch import Tensor, nn
 
 from mllm4wtal.config import Config
 from mllm4wtal.model.base import BaseOutput, BaseWTAL, MILBaseline
+from mllm4wtal.model.co2net import CO2Net
 from mllm4wtal.model.csr import CSR
+from mllm4wtal.model.delu import DELU
 from mllm4wtal.model.ksm import KSM
 from mllm4wtal.model.loc_head import LocHead
 
-BASES: dict[str, type[BaseWTAL]] = {"mil": MILBaseline}
+BASES: dict[str, type[BaseWTAL]] = {"mil": MILBaseline, "co2net": CO2Net, "delu": DELU}
 
 PAD_ID = 0
 
@@ -53,8 +55,11 @@ class MLLM4WTAL(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         hidden = cfg.model.hidden_dim
+        # DELU anneals its uncertainty weighting over the run
+        schedule = {"total_steps": cfg.train.iterations} if cfg.model.base == "delu" else {}
         self.base = BASES[cfg.model.base](feature_dim, rgb_dim, num_classes, hidden,
-                                          cfg.model.dropout)
+                                          cfg.model.dropout,
+                                          norm_weight=cfg.model.norm_weight, **schedule)
         needs_text = cfg.ksm.enabled or cfg.csr.enabled
         if needs_text and text is None:
             raise ValueError("KSM and CSR need text tensors (descriptions and word vectors)")

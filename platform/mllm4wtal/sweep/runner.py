@@ -1,0 +1,229 @@
+"""``mllm4wtal sweep``: a search-space file -> Ray Tune trials searched by Optuna, pruned by
+ASHA, logged to MLflow; resumable.
+
+The driver validates the file, creates the MLflow store, experiment and parent run, keeps a
+copy of the file in the experiment directory (``sweep.yaml``, what ``--resume`` reads),
+puts the dataset in the object store once, and runs ``Tuner.fit``. At the end it writes the
+summary on the parent run and prints the best config and the command that opens the MLflow
+UI. Inside a Ray job (``ray job submit``) or with ``RAY_ADDRESS`` set it joins that cluster;
+otherwise it starts Ray in-process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from mllm4wtal.config import to_flat
+from mllm4wtal.data.load import load_from_config
+from mllm4wtal.errors import UserError
+from mllm4wtal.sweep.search import load_study, make_scheduler, make_searcher
+from mllm4wtal.sweep.spaces import SearchSpaceFile, load_search_space
+from mllm4wtal.sweep.tracking import (
+    MlflowTuneCallback,
+    SweepTracker,
+    TrialRecord,
+    write_summary,
+)
+from mllm4wtal.sweep.trainable import run_trial
+
+SPACE_COPY = "sweep.yaml"
+SETTINGS = "sweep.json"  # the --set overrides and flags the sweep was started with
+
+
+@dataclass
+class SweepResult:
+    experiment_dir: Path
+    tracking_uri: str
+    records: list[TrialRecord]
+    summary: dict[str, Any]
+    interrupted: bool
+
+
+def trial_params(config: dict, *, base: dict[str, Any]) -> dict[str, Any]:
+    """Ray's trial config (flat overrides) -> the flat training config logged to MLflow."""
+    return {**base, **config}
+
+
+def checkpoint_dir(trial: Any) -> Path | None:
+    """Where the trial's latest checkpoint (best.pt, predictions.json, ...) lies locally."""
+    ckpt = getattr(trial, "checkpoint", None)
+    path = Path(ckpt.path) if ckpt is not None else None
+    return path if path is not None and path.is_dir() else None
+
+
+def start_ray() -> None:
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit` and by users of a cluster
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+def load(path: str | Path, overrides: list[str], storage: str | None = None,
+         tracking_uri: str | None = None) -> SearchSpaceFile:
+    """Validate a search-space file; ``storage`` and ``tracking_uri`` override its own."""
+    space = load_search_space(path, overrides)
+    changes: dict[str, Any] = {}
+    if storage:
+        root = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+        changes.update(storage_path=root, experiment_dir=f"{root.rstrip('/')}/{space.name}")
+    if tracking_uri:
+        changes["mlflow"] = dataclasses.replace(space.mlflow, tracking_uri=tracking_uri)
+    space = dataclasses.replace(space, **changes)
+    job_dir = os.getcwd()
+    if "runtime_resources" in job_dir and space.experiment_dir.startswith(job_dir):
+        raise UserError(f"{space.where}: storage resolves to {space.experiment_dir}, inside "
+                        "the temporary working directory of this Ray job, which is deleted "
+                        "with it; pass --storage /an/absolute/shared/path (or a URI)")
+    return space
+
+
+def claim(space: SearchSpaceFile, overrides: list[str]) -> None:
+    """Create the experiment directory of a new sweep; an existing sweep is never reused."""
+    exp = Path(space.experiment_dir)
+    if (exp / SPACE_COPY).exists():
+        raise UserError(f"{exp} already holds the sweep '{space.name}'; continue it with "
+                        f"`mllm4wtal sweep --resume {exp}`, or give the new one another "
+                        "name (key `name:`) or storage (--storage)")
+    exp.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(space.path, exp / SPACE_COPY)
+    (exp / SETTINGS).write_text(json.dumps({
+        "source": str(space.path), "overrides": list(overrides),
+        "storage": space.storage_path, "tracking_uri": space.mlflow.tracking_uri}, indent=1))
+
+
+def reload(experiment_dir: str | Path) -> SearchSpaceFile:
+    """The search space a sweep in ``experiment_dir`` was started with."""
+    exp = Path(experiment_dir).expanduser().resolve()
+    if not (exp / SPACE_COPY).exists() or not (exp / SETTINGS).exists():
+        raise UserError(f"{exp} is not a sweep directory (no {SPACE_COPY}); pass the folder "
+                        "`mllm4wtal sweep` printed at its start, <storage>/<name>")
+    settings = json.loads((exp / SETTINGS).read_text())
+    return load(exp / SPACE_COPY, settings["overrides"], settings["storage"],
+                settings["tracking_uri"])
+
+
+def describe(space: SearchSpaceFile) -> str:
+    s, t = space.scheduler, space.trials
+    pruning = (f"ASHA on iterations, rungs from {s.grace_period} (x{s.reduction_factor}) to "
+               f"{s.max_t}" if s.type == "asha" else "no pruning")
+    lines = [f"sweep '{space.name}': {t.num_samples} trials, {t.max_concurrent} at a time, "
+             f"{space.resources.cpu:g} CPU + {space.resources.gpu:g} GPU each; {pruning}",
+             f"  {space.mode} {space.metric} over {len(space.params)} parameters: "
+             + ", ".join(p.key for p in space.params),
+             f"  experiment directory: {space.experiment_dir}",
+             f"  MLflow: {space.mlflow.tracking_uri} (experiment '{space.mlflow.experiment}')"]
+    return "\n".join(lines)
+
+
+def conclusion(space: SearchSpaceFile, result: SweepResult) -> str:
+    ui = (f"mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 "
+          "--port 5000")
+    if result.interrupted:
+        return (f"sweep interrupted; continue it with: mllm4wtal sweep --resume "
+                f"{result.experiment_dir}\nso far in MLflow: {ui}")
+    done = [r for r in result.records if r.get("metric") is not None]
+    pruned = sum(bool(r["pruned"]) for r in result.records)
+    failed = sum(r["status"] == "FAILED" for r in result.records)
+    lines = [f"{len(result.records)} trials: {pruned} pruned by ASHA, {failed} failed"]
+    if done:
+        pick = max if space.mode == "max" else min
+        best = pick(done, key=lambda r: r["metric"])
+        lines += [f"best trial {best['trial_id']}: {space.metric} = {best['metric']:.4f} "
+                  f"({best['iterations']} iterations)",
+                  "  " + " ".join(f"{k}={v}" for k, v in best["config"].items()),
+                  f"  config: {result.experiment_dir / 'summary' / 'best_config.yaml'}"]
+    lines.append(f"compare the trials in the MLflow UI: {ui}")
+    return "\n".join(lines)
+
+
+def run_sweep(space: SearchSpaceFile, resume: bool = False, verbose: int = 1) -> SweepResult:
+    """Run (or, with ``resume``, continue) the sweep ``space`` describes."""
+    exp = Path(space.experiment_dir)
+    base = to_flat(space.base_config)
+    tracker = SweepTracker(exp, space.mlflow.experiment, space.mlflow.tracking_uri,
+                           sweep_name=space.name, base_params=base,
+                           tags={"sweep": space.name, "search_space": str(space.path)})
+    dataset = load_from_config(space.base_config.data)
+    start_ray()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, dataset=dataset),
+        {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
+    callback = MlflowTuneCallback(tracker, functools.partial(trial_params, base=base),
+                                  space.base_config.train.iterations,
+                                  run_dir_for=checkpoint_dir)
+    storage = str(Path(space.storage_path)) if "://" not in space.storage_path \
+        else space.storage_path
+    t0 = time.time()
+    if resume:
+        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=make_searcher(space),
+                                        scheduler=make_scheduler(space),
+                                        num_samples=space.trials.num_samples),
+            run_config=tune.RunConfig(
+                name=space.name, storage_path=storage, callbacks=[callback],
+                verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=space.trials.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    try:
+        grid = tuner.fit()  # Ctrl-C: Tune saves its state and returns
+        records = records_of(space, grid)
+    except KeyboardInterrupt:  # a second Ctrl-C
+        records = []
+    running = set(tracker.running_trials())
+    for r in records:
+        if r["trial_id"] in running:
+            r["status"], r["pruned"] = "KILLED", False
+    interrupted = bool(running) or len(records) < space.trials.num_samples
+    summary: dict[str, Any] = {}
+    if not interrupted:
+        summary = write_summary(tracker, load_study(space), records, exp / "summary",
+                                metric=space.metric, mode=space.mode,
+                                total_iterations=space.base_config.train.iterations,
+                                base=space.base)
+        summary["wall_s"] = time.time() - t0
+    tracker.finish("KILLED" if interrupted else "FINISHED")
+    return SweepResult(experiment_dir=exp, tracking_uri=tracker.tracking_uri, records=records,
+                       summary=summary, interrupted=interrupted)
+
+
+def _record(space: SearchSpaceFile, trial_id: str, config: dict, metrics: dict,
+            history: list[dict], error: bool, finished: bool) -> TrialRecord:
+    total = space.base_config.train.iterations
+    iterations = int(metrics.get("iteration", 0) or 0)
+    values = [h[space.metric] for h in history if h.get(space.metric) is not None]
+    pick = max if space.mode == "max" else min
+    status = "FAILED" if error else ("FINISHED" if finished else "RUNNING")
+    return TrialRecord(
+        trial_id=trial_id, config=dict(config),
+        metric=pick(values) if values else metrics.get(space.metric),
+        iterations=iterations, pruned=finished and not error and iterations < total,
+        status=status, wall_s=float(metrics.get("time_total_s", 0.0) or 0.0),
+        gpus=space.resources.gpu)
+
+
+def records_of(space: SearchSpaceFile, grid: tune.ResultGrid) -> list[TrialRecord]:
+    """One record per trial; ``metric`` is the best value the trial reported (the one its
+    ``best.pt`` holds)."""
+    out = []
+    for r in grid:
+        history = r.metrics_dataframe.to_dict("records") if r.metrics_dataframe is not None \
+            else []
+        out.append(_record(space, str(r.metrics.get("trial_id", "")), r.config or {},
+                           r.metrics or {}, history, r.error is not None, True))
+    return out

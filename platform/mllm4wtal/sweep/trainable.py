@@ -1,0 +1,75 @@
+"""One Ray Tune trial = one training run through ``train.loop.train``, the loop behind
+``mllm4wtal train``.
+
+The trial's config is the flat dict of overrides Optuna suggested (``loss.lambda1`` ->
+1.2, ...); it is applied to the sweep's base config. Every evaluation report becomes a
+``tune.report`` with a checkpoint holding the run directory's ``last.pt`` (and ``best.pt``,
+``predictions.json``, ``metrics.jsonl``, ``config.yaml``); a restarted trial (``max_failures``,
+``mllm4wtal sweep --resume``) copies that checkpoint back and resumes from ``last.pt``
+bit-for-bit. The dataset arrives through ``tune.with_parameters``: it is put in the Ray
+object store once and shared by every trial on a node, not re-read per trial.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from mllm4wtal.config import from_flat
+from mllm4wtal.data.types import WTALDataset
+from mllm4wtal.train.loop import train
+
+#: what a trial checkpoint carries of the run directory
+CHECKPOINT_FILES = ("last.pt", "best.pt", "predictions.json", "metrics.jsonl", "config.yaml")
+RUN_DIR = "run"
+
+
+def trial_device(requested: str) -> str:
+    """``auto`` -> the GPU Ray assigned to this trial, else the CPU (Ray hides the GPUs a
+    trial did not ask for through CUDA_VISIBLE_DEVICES)."""
+    if requested != "auto":
+        return requested
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def restore_run_dir(checkpoint: tune.Checkpoint | None, run_dir: Path) -> Path | None:
+    """Copy a trial checkpoint into ``run_dir``; returns the ``last.pt`` to resume from."""
+    if checkpoint is None:
+        # a retry that never reported: what an earlier attempt left is not a resumable state
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as src:
+        for name in CHECKPOINT_FILES:
+            if (Path(src) / name).exists():
+                shutil.copy2(Path(src) / name, run_dir / name)
+    return run_dir / "last.pt"
+
+
+def run_trial(trial_params: Mapping[str, Any], *, base: Mapping[str, Any],
+              dataset: WTALDataset) -> None:
+    """The Ray Tune function trainable; ``base`` is the flat base config."""
+    ctx = tune.get_context()
+    flat = {**base, **trial_params}
+    flat["train.device"] = trial_device(str(flat["train.device"]))
+    cfg = from_flat(flat, where=f"trial {ctx.get_trial_id()}")
+    cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    run_dir = Path(ctx.get_trial_dir()) / RUN_DIR
+    resume = restore_run_dir(tune.get_checkpoint(), run_dir)
+
+    def report(metrics: dict[str, float], run_dir: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in CHECKPOINT_FILES:
+                if (run_dir / name).exists():
+                    shutil.copy2(run_dir / name, Path(tmp) / name)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    train(cfg, dataset, run_dir, report=report, resume=resume, progress=False)
