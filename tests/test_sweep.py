@@ -38,8 +38,8 @@ def space_file(tmp_path: Path, name: str, **changes) -> Path:
             "loss.mu1": {"type": "float", "low": 0.1, "high": 5.0, "log": True},
             "train.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-3, "log": True},
             "ksm.prompt": {"type": "categorical", "choices": ["learnable", "handcraft"]},
-            # loc head off + inference from the loc head: the trial raises at its first
-            # evaluation (a config the training refuses, found only at run time)
+            # loc head off + inference from the loc head: the trial's training refuses it
+            # at its start (a config the search-space validation does not catch)
             "loc_head.enabled": {"type": "categorical", "choices": [True, False],
                                  "when": {"ksm.prompt": "handcraft"}},
         },

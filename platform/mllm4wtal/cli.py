@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search-space file, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override of the base training config, repeatable")
+    p.add_argument("--space-set", dest="edits", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE",
+                   help="change the search-space file's own sections, repeatable, e.g. "
+                        "--space-set trials.num_samples=4 --space-set scheduler.max_t=200")
     p.add_argument("--storage", default=None, metavar="DIR|URI",
                    help="where the experiment directory goes (overrides storage.path; must "
                         "be absolute or remote under `ray job submit`)")
@@ -181,12 +185,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from mllm4wtal.sweep import runner
 
     if args.resume:
-        if args.space or args.overrides or args.storage or args.tracking_uri:
+        if args.space or args.overrides or args.edits or args.storage or args.tracking_uri:
             raise UserError("--resume takes the experiment directory alone: the sweep goes on "
                             "with the file, --set and locations it was started with")
         space = runner.reload(args.resume)
     elif args.space:
-        space = runner.load(args.space, args.overrides, args.storage, args.tracking_uri)
+        space = runner.load(args.space, args.overrides, args.storage, args.tracking_uri,
+                            args.edits)
     else:
         raise UserError("sweep needs a search-space file (e.g. search_spaces/quickstart.yaml) "
                         "or --resume EXPERIMENT_DIR")
@@ -194,7 +199,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.check:
         return 0
     if not args.resume:
-        runner.claim(space, args.overrides)
+        runner.claim(space, args.overrides, args.edits)
     result = runner.run_sweep(space, resume=bool(args.resume))
     print(runner.conclusion(space, result))
     return 130 if result.interrupted else 0

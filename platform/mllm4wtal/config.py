@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    base: str = _f("mil", "base WTAL model", choices=["mil", "co2net", "delu"])
+    base: str = _f("mil", "base WTAL model", choices=["mil", "co2net", "delu", "um"])
     hidden_dim: int = _f(2048, "width of the video embedding F_e", min=8)
     dropout: float = _f(0.7, "dropout in the video embedding", min=0.0, max=0.99)
     norm_weight: float = _f(0.8, "weight of the base model's attention sparsity term (mean "
@@ -193,6 +194,7 @@ def _is_section(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -220,14 +222,14 @@ def _sections(cls: type = Config, prefix: str = "") -> set[str]:
     return out
 
 
-def _suggest(key: str, valid: list[str]) -> str:
+def did_you_mean(key: str, valid: list[str]) -> str:
     tail = key.rsplit(".", 1)[-1]
     same_leaf = [k for k in valid if k.rsplit(".", 1)[-1] == tail]  # right leaf, wrong section
     close = same_leaf[:1] or difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _describe_allowed(tp: Any, meta: dict) -> str:
+def describe_allowed(tp: Any, meta: dict) -> str:
     if "choices" in meta:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     lo, hi = meta.get("min"), meta.get("max")
@@ -249,7 +251,7 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(key: str, tp: Any, meta: dict, value: Any, where: str) -> Any:
     """Check one leaf value against its type and metadata; return the typed value."""
-    allowed = _describe_allowed(tp, meta)
+    allowed = describe_allowed(tp, meta)
     bad = ConfigError(f"{where}: '{key}' = {value!r} is invalid; expected {allowed}")
     if typing.get_origin(tp) is tuple:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -340,13 +342,13 @@ def from_flat(flat: dict[str, Any], where: str = "config") -> Config:
             raise ConfigError(f"{where}: '{key}' is a section, not a value; set one of its keys, "
                               f"e.g. '{next(k for k in valid if k.startswith(key + '.'))}'")
         if key not in leaves:
-            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, valid)}")
+            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, valid)}")
     cfg = _build(Config, flat, "", where)
-    _check_cross_fields(cfg, where)
+    check_cross_fields(cfg, where)
     return cfg
 
 
-def _check_cross_fields(cfg: Config, where: str) -> None:
+def check_cross_fields(cfg: Config, where: str) -> None:
     if cfg.data.format != "synthetic" and cfg.data.rgb_dim >= cfg.data.feature_dim:
         raise ConfigError(f"{where}: 'data.rgb_dim' = {cfg.data.rgb_dim} must be smaller than "
                           f"'data.feature_dim' = {cfg.data.feature_dim} (flow is the rest)")
@@ -429,7 +431,7 @@ def _read_yaml(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any],
     leaves = leaf_fields()
     for key in flat:  # name the file that holds a bad key
         if key not in leaves:
-            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, list(leaves))}")
+            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, list(leaves))}")
     return flat, where
 
 
@@ -461,7 +463,7 @@ def explain() -> str:
     defaults = to_flat(Config())
     for key, (tp, f) in leaf_fields().items():
         meta = dict(f.metadata)
-        lines.append(f"{key:34s} {defaults[key]!r:>14}  {_describe_allowed(tp, meta):28s} "
+        lines.append(f"{key:34s} {defaults[key]!r:>14}  {describe_allowed(tp, meta):28s} "
                      f"{meta.get('help', '')}")
     return "\n".join(lines)
 

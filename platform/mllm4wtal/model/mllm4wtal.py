@@ -24,8 +24,10 @@ from mllm4wtal.model.csr import CSR
 from mllm4wtal.model.delu import DELU
 from mllm4wtal.model.ksm import KSM
 from mllm4wtal.model.loc_head import LocHead
+from mllm4wtal.model.um import UM
 
-BASES: dict[str, type[BaseWTAL]] = {"mil": MILBaseline, "co2net": CO2Net, "delu": DELU}
+BASES: dict[str, type[BaseWTAL]] = {"mil": MILBaseline, "co2net": CO2Net, "delu": DELU,
+                                     "um": UM}
 
 PAD_ID = 0
 

@@ -11,7 +11,6 @@ otherwise it starts Ray in-process.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -72,16 +71,21 @@ def start_ray() -> None:
 
 
 def load(path: str | Path, overrides: list[str], storage: str | None = None,
-         tracking_uri: str | None = None) -> SearchSpaceFile:
-    """Validate a search-space file; ``storage`` and ``tracking_uri`` override its own."""
-    space = load_search_space(path, overrides)
-    changes: dict[str, Any] = {}
-    if storage:
+         tracking_uri: str | None = None, edits: list[str] | None = None) -> SearchSpaceFile:
+    """Validate a search-space file; ``storage`` and ``tracking_uri`` override its own,
+    ``edits`` its sections (``--space-set``)."""
+    edits = list(edits or [])
+    if storage:  # as the file's own keys, so that defaults that follow them (the MLflow
+        # store lives in the storage folder) follow the new value too
         root = storage if "://" in storage else str(Path(storage).expanduser().resolve())
-        changes.update(storage_path=root, experiment_dir=f"{root.rstrip('/')}/{space.name}")
+        edits.append(f"storage.path={root}")
     if tracking_uri:
-        changes["mlflow"] = dataclasses.replace(space.mlflow, tracking_uri=tracking_uri)
-    space = dataclasses.replace(space, **changes)
+        edits.append(f"mlflow.tracking_uri={tracking_uri}")
+    space = load_search_space(path, overrides, edits)
+    if "://" in space.experiment_dir and not space.searcher.storage:
+        raise UserError(f"{space.where}: searcher.storage: the Optuna study cannot live in "
+                        f"remote storage {space.storage_path}; give an RDB URL (e.g. "
+                        "postgresql://...) or a shared sqlite path")
     job_dir = os.getcwd()
     if "runtime_resources" in job_dir and space.experiment_dir.startswith(job_dir):
         raise UserError(f"{space.where}: storage resolves to {space.experiment_dir}, inside "
@@ -90,7 +94,8 @@ def load(path: str | Path, overrides: list[str], storage: str | None = None,
     return space
 
 
-def claim(space: SearchSpaceFile, overrides: list[str]) -> None:
+def claim(space: SearchSpaceFile, overrides: list[str], edits: list[str] | None = None
+          ) -> None:
     """Create the experiment directory of a new sweep; an existing sweep is never reused."""
     exp = Path(space.experiment_dir)
     if (exp / SPACE_COPY).exists():
@@ -101,7 +106,10 @@ def claim(space: SearchSpaceFile, overrides: list[str]) -> None:
     shutil.copy2(space.path, exp / SPACE_COPY)
     (exp / SETTINGS).write_text(json.dumps({
         "source": str(space.path), "overrides": list(overrides),
-        "storage": space.storage_path, "tracking_uri": space.mlflow.tracking_uri}, indent=1))
+        # the copy lies in the experiment dir: pin where the sweep writes
+        "edits": [*(edits or []), f"storage.path={space.storage_path}",
+                  f"mlflow.tracking_uri={space.mlflow.tracking_uri}",
+                  f"mlflow.experiment={space.mlflow.experiment}"]}, indent=1))
 
 
 def reload(experiment_dir: str | Path) -> SearchSpaceFile:
@@ -111,8 +119,7 @@ def reload(experiment_dir: str | Path) -> SearchSpaceFile:
         raise UserError(f"{exp} is not a sweep directory (no {SPACE_COPY}); pass the folder "
                         "`mllm4wtal sweep` printed at its start, <storage>/<name>")
     settings = json.loads((exp / SETTINGS).read_text())
-    return load(exp / SPACE_COPY, settings["overrides"], settings["storage"],
-                settings["tracking_uri"])
+    return load(exp / SPACE_COPY, settings["overrides"], edits=settings["edits"])
 
 
 def describe(space: SearchSpaceFile) -> str:

@@ -121,9 +121,9 @@ from mllm4wtal.config import (
     PRESETS,
     Config,
     ConfigError,
-    _check_cross_fields,
-    _describe_allowed,
-    _suggest,
+    check_cross_fields,
+    describe_allowed,
+    did_you_mean,
     from_flat,
     leaf_fields,
     load_config,
@@ -352,13 +352,16 @@ class SearchSpaceFile:
 # --------------------------------------------------------------------------- public API
 
 
-def load_search_space(path: str | Path, overrides: Sequence[str] = ()) -> SearchSpaceFile:
+def load_search_space(path: str | Path, overrides: Sequence[str] = (),
+                      edits: Sequence[str] = ()) -> SearchSpaceFile:
     """Read and validate a search-space file; ``overrides`` are ``--set key=value`` strings
-    applied to the base config after the file's own ``overrides``.
+    applied to the base config after the file's own ``overrides``; ``edits`` are
+    ``--space-set section.key=value`` strings that change the file's own sections (e.g.
+    ``trials.num_samples=3``, ``scheduler.max_t=8``) before validation.
 
     Raises :class:`SearchSpaceError` naming the file and key on any problem.
     """
-    return _Parser(path, list(overrides)).parse()
+    return _Parser(path, list(overrides), list(edits)).parse()
 
 
 def suggest(space: SearchSpaceFile, trial: Suggester) -> dict[str, Any]:
@@ -519,10 +522,12 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class _Parser:
-    def __init__(self, path: str | Path, cli: list[str]) -> None:
+    def __init__(self, path: str | Path, cli: list[str], edits: list[str] | None = None
+                 ) -> None:
         self.where = str(path)
         self.path = Path(path).expanduser()
         self.cli = cli
+        self.edits = edits or []
         self.leaves = leaf_fields()
         self.sections = {k.rsplit(".", i)[0] for k in self.leaves
                          for i in range(1, k.count(".") + 1)}
@@ -573,15 +578,35 @@ class _Parser:
             raise self.fail(label, f"'{key}' is a config section, not a key; name one of its "
                                    f"keys, e.g. '{example}'")
         if key not in self.leaves:
-            raise self.fail(label, f"unknown config key{_suggest(key, list(self.leaves))} "
+            raise self.fail(label, f"unknown config key{did_you_mean(key, list(self.leaves))} "
                                    "(see `mllm4wtal config --explain`)")
         tp, f = self.leaves[key]
         return tp, dict(f.metadata)
 
     # ---------------------------------------------------------------- top level
 
+    def apply_edits(self, raw: dict) -> dict:
+        for item in self.edits:
+            try:
+                key, value = parse_override(item)
+            except ConfigError as e:
+                raise self.fail("", f"--space-set: {e}") from None
+            head, _, leaf = key.partition(".")
+            if head not in TOP_LEVEL_KEYS or head in ("space", "overrides"):
+                raise self.fail(key, "--space-set changes the file's own sections ("
+                                     "trials, scheduler, searcher, resources, mlflow, storage, "
+                                     "name, metric, mode); config keys go to --set")
+            if not leaf:
+                raw[head] = value
+                continue
+            section = raw.setdefault(head, {})
+            if not isinstance(section, dict):
+                raise self.fail(head, f"is not a mapping; cannot apply --space-set {item}")
+            section[leaf] = value
+        return raw
+
     def parse(self) -> SearchSpaceFile:
-        raw = self.read()
+        raw = self.apply_edits(self.read())
         for k in raw:
             if k not in TOP_LEVEL_KEYS:
                 raise self.fail(str(k), f"unknown top-level key{_close(str(k), TOP_LEVEL_KEYS)}"
@@ -736,7 +761,7 @@ class _Parser:
                                              "float, int or categorical"
                                              + _close(str(kind), ["float", "int",
                                                                   "categorical"]))
-        allowed = _describe_allowed(tp, meta)
+        allowed = describe_allowed(tp, meta)
         if kind == "categorical":
             param = self.parse_categorical(label, key, spec, tp, meta, allowed)
         else:
@@ -891,7 +916,7 @@ class _Parser:
             for key, value in flat.items():
                 tp = self.leaves[key][0]
                 cfg = _replace(cfg, key, float(value) if tp is float else value)
-            _check_cross_fields(cfg, "config")
+            check_cross_fields(cfg, "config")
         except (ConfigError, ValueError) as e:
             msg = str(e).removeprefix("config: ")
             raise self.fail(label, f"{_show(flat)} breaks the base config: {msg}") from None

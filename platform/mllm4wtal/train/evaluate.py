@@ -29,6 +29,16 @@ def proposal_config(cfg: Config) -> ProposalConfig:
                           video_score_weight=ic.video_score_weight, nms_sigma=ic.nms_sigma)
 
 
+NO_LOC_HEAD = ("inference.source = 'loc_head' but loc_head.enabled = false; use --set "
+               "inference.source=cas")
+
+
+def check_inference(cfg: Config) -> None:
+    """Refuse before training what evaluation would refuse after the first interval."""
+    if cfg.inference.source == "loc_head" and not cfg.loc_head.enabled:
+        raise UserError(NO_LOC_HEAD)
+
+
 @torch.no_grad()
 def snippet_scores(model: MLLM4WTAL, features: torch.Tensor, mask: torch.Tensor, source: str,
                    topk: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -36,8 +46,7 @@ def snippet_scores(model: MLLM4WTAL, features: torch.Tensor, mask: torch.Tensor,
     out = model.video(features, mask)
     if source == "loc_head":
         if out.loc_logits is None:
-            raise UserError("inference.source = 'loc_head' but loc_head.enabled = false; "
-                             "use --set inference.source=cas")
+            raise UserError(NO_LOC_HEAD)
         cas = out.loc_logits.float()
         act = torch.sigmoid(cas)
         scores = torch.sigmoid(topk_mean(cas, mask, topk))

@@ -27,7 +27,7 @@ from mllm4wtal.model.mllm4wtal import MLLM4WTAL
 from mllm4wtal.text.bundle import TextBundle, build_text_bundle
 from mllm4wtal.train.checkpoint import load_checkpoint, save_checkpoint
 from mllm4wtal.train.dpid import DPID, Batch
-from mllm4wtal.train.evaluate import evaluate_model, primary_metric
+from mllm4wtal.train.evaluate import check_inference, evaluate_model, primary_metric
 
 Report = Callable[[dict[str, float], Path], None]
 
@@ -81,6 +81,7 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, report: Report
     ``resume``: a checkpoint (``last.pt``) to continue from; its config must match ``cfg``
     except for ``train.iterations`` (a run may be extended).
     """
+    check_inference(cfg)
     run_dir = Path(run_dir)
     if resume is None and (run_dir / "last.pt").exists():
         raise UserError(f"{run_dir} already holds a run; resume it from {run_dir}/last.pt or "
