@@ -38,6 +38,7 @@ from mllm4wtal.sweep.trainable import run_trial
 
 SPACE_COPY = "sweep.yaml"
 SETTINGS = "sweep.json"  # the --set overrides and flags the sweep was started with
+STUDY_COPY = "study.yaml"  # marks the experiment directory of an ablation study (sweep.ablate)
 
 
 @dataclass
@@ -61,7 +62,43 @@ def checkpoint_dir(trial: Any) -> Path | None:
     return path if path is not None and path.is_dir() else None
 
 
+def tune_storage(storage_path: str) -> str:
+    """Ray Tune's ``storage_path``: a local folder as a plain path, a URI as it is."""
+    return str(Path(storage_path)) if "://" not in storage_path else storage_path
+
+
+def make_trainable(base: dict[str, Any], dataset: Any, resources: Any,
+                   fn: Any = run_trial) -> Any:
+    """``fn`` (``run_trial``, or ``run_cell`` of a study) with the flat base config and the
+    dataset (put in the object store once, shared by every trial of a node) bound, asking
+    ``resources`` (cpu, gpu) per trial."""
+    return tune.with_resources(tune.with_parameters(fn, base=base, dataset=dataset),
+                               {"cpu": resources.cpu, "gpu": resources.gpu})
+
+
+def fit(tuner: tune.Tuner) -> tune.ResultGrid | None:
+    """``tuner.fit()``; a first Ctrl-C makes Tune save its state and return, a second one
+    ends here with None."""
+    try:
+        return tuner.fit()
+    except KeyboardInterrupt:
+        return None
+
+
+def mark_killed(records: list[TrialRecord], tracker: SweepTracker) -> bool:
+    """Records of trials whose MLflow run is still RUNNING become KILLED (not pruned);
+    returns whether any run is still RUNNING (the sweep or study was interrupted)."""
+    running = set(tracker.running_trials())
+    for r in records:
+        if r["trial_id"] in running:
+            r["status"], r["pruned"] = "KILLED", False
+    return bool(running)
+
+
 def start_ray() -> None:
+    # keeping one checkpoint per trial makes Tune snapshot its state at every report; that is
+    # cheap at our report intervals, and its warning about it is noise
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit` and by users of a cluster
@@ -74,24 +111,35 @@ def load(path: str | Path, overrides: list[str], storage: str | None = None,
          tracking_uri: str | None = None, edits: list[str] | None = None) -> SearchSpaceFile:
     """Validate a search-space file; ``storage`` and ``tracking_uri`` override its own,
     ``edits`` its sections (``--space-set``)."""
-    edits = list(edits or [])
-    if storage:  # as the file's own keys, so that defaults that follow them (the MLflow
-        # store lives in the storage folder) follow the new value too
-        root = storage if "://" in storage else str(Path(storage).expanduser().resolve())
-        edits.append(f"storage.path={root}")
-    if tracking_uri:
-        edits.append(f"mlflow.tracking_uri={tracking_uri}")
+    edits = [*(edits or []), *storage_edits(storage, tracking_uri)]
     space = load_search_space(path, overrides, edits)
     if "://" in space.experiment_dir and not space.searcher.storage:
         raise UserError(f"{space.where}: searcher.storage: the Optuna study cannot live in "
                         f"remote storage {space.storage_path}; give an RDB URL (e.g. "
                         "postgresql://...) or a shared sqlite path")
+    check_job_storage(space.where, space.experiment_dir)
+    return space
+
+
+def storage_edits(storage: str | None, tracking_uri: str | None) -> list[str]:
+    """``--storage`` and ``--tracking-uri`` as edits of a file's own keys, so that defaults
+    that follow them (the MLflow store lives in the storage folder) follow the new value."""
+    edits = []
+    if storage:
+        root = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+        edits.append(f"storage.path={root}")
+    if tracking_uri:
+        edits.append(f"mlflow.tracking_uri={tracking_uri}")
+    return edits
+
+
+def check_job_storage(where: str, experiment_dir: str) -> None:
+    """Refuse an experiment directory inside the temporary working directory of a Ray job."""
     job_dir = os.getcwd()
-    if "runtime_resources" in job_dir and space.experiment_dir.startswith(job_dir):
-        raise UserError(f"{space.where}: storage resolves to {space.experiment_dir}, inside "
+    if "runtime_resources" in job_dir and experiment_dir.startswith(job_dir):
+        raise UserError(f"{where}: storage resolves to {experiment_dir}, inside "
                         "the temporary working directory of this Ray job, which is deleted "
                         "with it; pass --storage /an/absolute/shared/path (or a URI)")
-    return space
 
 
 def claim(space: SearchSpaceFile, overrides: list[str], edits: list[str] | None = None
@@ -102,6 +150,9 @@ def claim(space: SearchSpaceFile, overrides: list[str], edits: list[str] | None 
         raise UserError(f"{exp} already holds the sweep '{space.name}'; continue it with "
                         f"`mllm4wtal sweep --resume {exp}`, or give the new one another "
                         "name (key `name:`) or storage (--storage)")
+    if (exp / STUDY_COPY).exists():
+        raise UserError(f"{exp} holds the ablation study '{space.name}'; give the sweep "
+                        "another name (key `name:`) or storage (--storage)")
     exp.mkdir(parents=True, exist_ok=True)
     shutil.copy2(space.path, exp / SPACE_COPY)
     (exp / SETTINGS).write_text(json.dumps({
@@ -122,7 +173,7 @@ def reload(experiment_dir: str | Path) -> SearchSpaceFile:
     return load(exp / SPACE_COPY, settings["overrides"], edits=settings["edits"])
 
 
-def describe(space: SearchSpaceFile) -> str:
+def plan(space: SearchSpaceFile) -> str:
     s, t = space.scheduler, space.trials
     pruning = (f"ASHA on iterations, rungs from {s.grace_period} (x{s.reduction_factor}) to "
                f"{s.max_t}" if s.type == "asha" else "no pruning")
@@ -165,14 +216,11 @@ def run_sweep(space: SearchSpaceFile, resume: bool = False, verbose: int = 1) ->
                            tags={"sweep": space.name, "search_space": str(space.path)})
     dataset = load_from_config(space.base_config.data)
     start_ray()
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, dataset=dataset),
-        {"cpu": space.resources.cpu, "gpu": space.resources.gpu})
+    trainable = make_trainable(base, dataset, space.resources)
     callback = MlflowTuneCallback(tracker, functools.partial(trial_params, base=base),
                                   space.base_config.train.iterations,
                                   run_dir_for=checkpoint_dir)
-    storage = str(Path(space.storage_path)) if "://" not in space.storage_path \
-        else space.storage_path
+    storage = tune_storage(space.storage_path)
     t0 = time.time()
     if resume:
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
@@ -187,16 +235,10 @@ def run_sweep(space: SearchSpaceFile, resume: bool = False, verbose: int = 1) ->
                 verbose=verbose,
                 failure_config=tune.FailureConfig(max_failures=space.trials.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    try:
-        grid = tuner.fit()  # Ctrl-C: Tune saves its state and returns
-        records = records_of(space, grid)
-    except KeyboardInterrupt:  # a second Ctrl-C
-        records = []
-    running = set(tracker.running_trials())
-    for r in records:
-        if r["trial_id"] in running:
-            r["status"], r["pruned"] = "KILLED", False
-    interrupted = bool(running) or len(records) < space.trials.num_samples
+    grid = fit(tuner)
+    records = records_of(space, grid) if grid is not None else []
+    running = mark_killed(records, tracker)
+    interrupted = running or len(records) < space.trials.num_samples
     summary: dict[str, Any] = {}
     if not interrupted:
         summary = write_summary(tracker, load_study(space), records, exp / "summary",

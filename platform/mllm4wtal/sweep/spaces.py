@@ -522,6 +522,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class _Parser:
+    # what the file is, for messages; the study parser of sweep/ablate.py changes these
+    KIND = "search-space"
+    EXAMPLE = "search_spaces/quickstart.yaml"
+    REQUIRED = ("base", "space")
+
     def __init__(self, path: str | Path, cli: list[str], edits: list[str] | None = None
                  ) -> None:
         self.where = str(path)
@@ -636,11 +641,12 @@ class _Parser:
             mlflow=mlflow, storage_path=storage_path, experiment_dir=experiment_dir)
 
     def read(self) -> dict:
+        kind = self.KIND
         if not self.path.exists():
-            raise self.fail("", "search-space file not found; pass the path of a YAML file, "
-                                "e.g. search_spaces/quickstart.yaml")
+            raise self.fail("", f"{kind} file not found; pass the path of a YAML file, "
+                                f"e.g. {self.EXAMPLE}")
         if not self.path.is_file():
-            raise self.fail("", "is not a file; pass the path of a search-space YAML file")
+            raise self.fail("", f"is not a file; pass the path of a {kind} YAML file")
         try:
             raw = yaml.load(self.path.read_text(), Loader=_Loader)  # a SafeLoader
         except _DuplicateKey as e:
@@ -651,13 +657,14 @@ class _Parser:
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise self.fail("", f"not valid YAML{at}: {problem}; fix the syntax") from None
         except UnicodeDecodeError:
-            raise self.fail("", "not a text file; pass a search-space YAML file") from None
+            raise self.fail("", f"not a text file; pass a {kind} YAML file") from None
+        first, second = self.REQUIRED
         if raw is None:
-            raise self.fail("", "is empty; it needs at least 'base' and 'space' (see "
-                                "search_spaces/quickstart.yaml)")
+            raise self.fail("", f"is empty; it needs at least '{first}' and '{second}' (see "
+                                f"{self.EXAMPLE})")
         if not isinstance(raw, dict):
-            raise self.fail("", f"top level must be a mapping (base:, space:, ...); got a "
-                                f"{type(raw).__name__}")
+            raise self.fail("", f"top level must be a mapping ({first}:, {second}:, ...); "
+                                f"got a {type(raw).__name__}")
         return raw
 
     def parse_name(self, raw: dict) -> str:

@@ -420,21 +420,25 @@ class SweepTracker:
 
     # -- children --------------------------------------------------------------------------
 
-    def trial_run(self, trial_id: str, params: Mapping[str, Any]) -> str:
+    def trial_run(self, trial_id: str, params: Mapping[str, Any],
+                  tags: Mapping[str, Any] | None = None) -> str:
         """The child run of a trial: created once, re-attached (status RUNNING) afterwards.
 
         ``params`` is the training config of the trial (dotted keys; nested dicts are
         flattened). They are logged in one ``log_batch``; on re-attach only missing keys are
         logged, since MLflow refuses to change a param (a changed value is named in the tag
-        ``param_conflicts`` and a warning, and the logged value stays).
+        ``param_conflicts`` and a warning, and the logged value stays). ``tags`` are set on
+        a new run besides the usual ones (an ablation's study, variant and seed).
         """
         trial_id = str(trial_id)
         flat = flatten_params(params)
         run_id = self.child_run_id(trial_id)
         existing: dict[str, str] = {}
         if run_id is None:
-            tags = {**self._base_tags(params), PARENT_TAG: self.parent_run_id,
-                    TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
+            tags = {**self._base_tags(params),
+                    **{str(k): _truncate(str(v), MAX_TAG_VALUE_LENGTH)
+                       for k, v in (tags or {}).items()},
+                    PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
             run = self.client.create_run(self.experiment_id, run_name=trial_id, tags=tags)
             run_id = run.info.run_id
             self._children[trial_id] = run_id
@@ -607,9 +611,10 @@ class MlflowTuneCallback(Callback):
 
     ``params_for(trial.config)`` turns Ray's sampled config into the flat training config
     that is logged as params; ``run_dir_for(trial)`` names the training run directory of a
-    trial (for its artifacts) or None. A trial that completes with its last reported
-    ``iteration`` below ``total_iterations`` was stopped by the scheduler (ASHA) and is tagged
-    as pruned at that iteration.
+    trial (for its artifacts) or None; ``tags_for(trial.config)`` gives extra tags of a
+    trial's run (an ablation's study, variant, seed). A trial that completes with its last
+    reported ``iteration`` below ``total_iterations`` was stopped by the scheduler (ASHA) and
+    is tagged as pruned at that iteration.
 
     Tracking never stops a sweep: an MLflow failure in a hook is logged as a warning
     (``strict=True`` raises instead, for tests). The sweep ends the parent run itself with
@@ -619,9 +624,11 @@ class MlflowTuneCallback(Callback):
     def __init__(self, tracker: SweepTracker, params_for: Callable[[dict], Mapping[str, Any]],
                  total_iterations: int,
                  run_dir_for: Callable[[Any], Path | None] | None = None,
-                 strict: bool = False) -> None:
+                 strict: bool = False,
+                 tags_for: Callable[[dict], Mapping[str, Any]] | None = None) -> None:
         self.tracker = tracker
         self.params_for = params_for
+        self.tags_for = tags_for
         self.total_iterations = int(total_iterations)
         self.run_dir_for = run_dir_for
         self.strict = strict
@@ -652,7 +659,8 @@ class MlflowTuneCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._guard("start", trial, lambda: self.tracker.trial_run(
-            trial.trial_id, self.params_for(trial.config)))
+            trial.trial_id, self.params_for(trial.config),
+            self.tags_for(trial.config) if self.tags_for is not None else None))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:

@@ -73,3 +73,11 @@ def run_trial(trial_params: Mapping[str, Any], *, base: Mapping[str, Any],
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(cfg, dataset, run_dir, report=report, resume=resume, progress=False)
+
+
+def run_cell(config: Mapping[str, Any], *, base: Mapping[str, Any],
+             dataset: WTALDataset) -> None:
+    """The trainable of an ablation study (``sweep.ablate``): Ray's config is
+    ``{"cell": {"variant", "seed", "overrides"}}``, one cell of its grid; the cell's flat
+    overrides go to :func:`run_trial`."""
+    run_trial(config["cell"]["overrides"], base=base, dataset=dataset)

@@ -147,6 +147,21 @@ def read_store(path: str | Path) -> dict[Pair, DescriptionRecord]:
     return out
 
 
+def tail_is_corrupt(path: str | Path) -> bool:
+    """Whether the last non-empty line of a store is not valid JSON (a crash mid-write)."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    lines = [ln for ln in _lines(p) if ln.strip()]
+    if not lines:
+        return False
+    try:
+        _parse(lines[-1])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return True
+    return False
+
+
 def repair_store(path: str | Path) -> Path | None:
     """Move a corrupt last line to ``<path>.corrupt-<n>`` and keep the good lines.
 

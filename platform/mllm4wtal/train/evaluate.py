@@ -92,6 +92,16 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None
     """Rebuild the model of a checkpoint (its text tensors are in its state) and evaluate it
     on the test subset of its dataset; ``overrides`` may change e.g. data.root or
     inference.* keys."""
+    model, cfg, dataset, device = load_checkpoint_model(path, overrides)
+    return evaluate_model(model, dataset, cfg, device)
+
+
+def load_checkpoint_model(path: str, overrides: list[str] | None = None,
+                          dataset: WTALDataset | None = None
+                          ) -> tuple[MLLM4WTAL, Config, WTALDataset, torch.device]:
+    """The model of a checkpoint (in eval mode, on its config's device), its config with
+    ``overrides``, and its dataset (``dataset`` when given, e.g. one shared by several
+    checkpoints, else loaded from the config)."""
     from mllm4wtal.config import from_flat, parse_override
     from mllm4wtal.data.load import load_from_config
     from mllm4wtal.model.mllm4wtal import TextTensors
@@ -101,7 +111,8 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None
     state = load_checkpoint(path)
     flat = {**state["config"], **dict(parse_override(o) for o in overrides or [])}
     cfg = from_flat(flat, where=f"{path} config")
-    dataset = load_from_config(cfg.data)
+    if dataset is None:
+        dataset = load_from_config(cfg.data)
     if dataset.classes != state["classes"]:
         raise UserError(f"{path}: trained on classes {state['classes'][:3]}..., but the "
                          f"dataset has {dataset.classes[:3]}...; point data.* at its dataset")
@@ -116,4 +127,5 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None
     device = resolve_device(cfg.train.device)
     model = MLLM4WTAL(cfg, dataset.num_classes, dataset.feature_dim, dataset.rgb_dim, text)
     model.load_state_dict(weights)
-    return evaluate_model(model.to(device), dataset, cfg, device)
+    model.to(device).eval()
+    return model, cfg, dataset, device

@@ -70,20 +70,24 @@ def _natural_key(name: str) -> list[object]:
 
 def index_videos(videos_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Video name -> file or frame folder in ``videos_dir`` (one listing, not one ``stat``
-    per video and extension). A name with both a file and a folder takes the file."""
+    per video and extension). A name with both a file and a folder takes the file; with
+    several files, the extension earlier in ``VIDEO_EXTS`` (.mp4 first)."""
     root = Path(videos_dir).expanduser()
     if not root.is_dir():
         raise FrameError(f"--videos '{root}' is not a directory; give the folder that holds "
                          "one video file (<name>.mp4, .avi, ...) or one frame folder per video")
     out: dict[str, Path] = {}
     folders: dict[str, Path] = {}
+    rank = {ext: i for i, ext in enumerate(VIDEO_EXTS)}
     with os.scandir(root) as it:
         for entry in it:
             p = Path(entry.path)
             if entry.is_dir():
                 folders[p.name] = p
-            elif p.suffix.lower() in VIDEO_EXTS:
-                out.setdefault(p.stem, p)
+            elif p.suffix.lower() in rank:
+                old = out.get(p.stem)
+                if old is None or rank[p.suffix.lower()] < rank[old.suffix.lower()]:
+                    out[p.stem] = p
     for name, p in folders.items():
         out.setdefault(name, p)
     return out

@@ -1,0 +1,429 @@
+"""Paper-style tables of an experiment: one row per variant, mAP at each tIoU and the
+averages, mean +- std over seeds with n, the difference to the reference row with a paired
+t-test over seeds, and the paper's figures beside ours. Markdown, CSV and LaTeX.
+
+A row's value per seed is taken at the run's last evaluation (``at="final"``, the default:
+no choice made on the test set) or at its best evaluation by the table's metric
+(``at="best"``, the iteration ``best.pt`` holds, as WTAL papers usually report). Averages the
+runs did not log (``map/avg_0.3-0.7`` when training averaged 0.1-0.7) are the mean of the
+per-tIoU values of the same evaluation. Cells hold fractions; the formats print percent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mllm4wtal.evaluation.detection import average_metric_name, tiou_key
+from mllm4wtal.report.collect import ExperimentData, RunInfo
+from mllm4wtal.report.stats import PairedTest, Summary, paired_ttest, summarize
+from mllm4wtal.sweep.ablate import HASH_EXCLUDED, column_tious
+
+ATS = ("final", "best")
+THUMOS_AVERAGES = ((0.1, 0.5), (0.3, 0.7))  # the columns THUMOS14 papers print
+
+
+@dataclass
+class Row:
+    label: str
+    description: str
+    reference: str | None  # the row it is compared with; None for a reference row
+    runs: dict[int, RunInfo]  # seed -> its (latest) finished run
+    values: dict[str, dict[int, float]]  # column -> seed -> value (fraction)
+    cells: dict[str, Summary]
+    paper: dict[str, float]  # column -> the paper's figure (percent)
+    diff: PairedTest | None = None
+    note: str = ""
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(self.runs)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+
+@dataclass
+class Table:
+    experiment: str
+    title: str
+    kind: str  # ablation or sweep
+    columns: list[str]  # map/<tIoU> ..., then averages
+    metric: str  # the column rows are compared on
+    at: str
+    rows: list[Row]
+    paper: dict[str, str] = field(default_factory=dict)  # source, table, note
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def paper_columns(self) -> list[str]:
+        return [c for c in self.columns if any(c in r.paper for r in self.rows)]
+
+    def row(self, label: str) -> Row:
+        for r in self.rows:
+            if r.label == label:
+                return r
+        raise KeyError(label)
+
+
+def column_label(column: str) -> str:
+    """``map/0.5`` -> ``0.5``; ``map/avg_0.3-0.7`` -> ``AVG 0.3-0.7``."""
+    if column.startswith("map/avg_"):
+        return "AVG " + column[len("map/avg_"):]
+    return column.removeprefix("map/")
+
+
+def table_columns(data: ExperimentData, tious: Sequence[float], extra: Sequence[str] = ()
+                  ) -> list[str]:
+    """Per-tIoU columns, then the overall average, the averages the runs logged, the ones
+    papers print for these tIoUs (THUMOS14: 0.1-0.5 and 0.3-0.7) and ``extra``."""
+    per = [f"map/{tiou_key(t)}" for t in tious]
+    if not tious:
+        return []
+    avgs = [average_metric_name(tious)]
+    logged = {k for r in data.finished for k in r.metrics if k.startswith("map/avg_")}
+    keys = {tiou_key(t) for t in tious}
+    for lo, hi in THUMOS_AVERAGES:
+        if {tiou_key(x / 10) for x in range(round(lo * 10), round(hi * 10) + 1)} <= keys:
+            avgs.append(f"map/avg_{tiou_key(lo)}-{tiou_key(hi)}")
+    for c in [*sorted(logged), *extra]:
+        if c not in avgs and c not in per and column_tious(c, tious) is not None:
+            avgs.append(c)
+    first, rest = avgs[0], sorted(set(avgs[1:]) - {avgs[0]}, key=_avg_order)
+    return per + [first] + rest
+
+
+def _avg_order(column: str) -> tuple[float, float]:
+    lo, hi = column[len("map/avg_"):].split("-")
+    return float(lo), float(hi)
+
+
+def column_value(column: str, values: Mapping[str, float], tious: Sequence[float]
+                 ) -> float | None:
+    """A column from one evaluation's metrics: logged, else the mean of its tIoUs."""
+    if column in values:
+        return float(values[column])
+    ts = column_tious(column, tious)
+    if not ts:
+        return None
+    parts = [values.get(f"map/{tiou_key(t)}") for t in ts]
+    if any(p is None for p in parts):
+        return None
+    return math.fsum(float(p) for p in parts) / len(parts)  # type: ignore[arg-type]
+
+
+def _step_values(data: ExperimentData, run: RunInfo, tious: Sequence[float],
+                 columns: Sequence[str]) -> dict[int, dict[str, float]]:
+    keys = {f"map/{tiou_key(t)}" for t in tious} | {c for c in columns if c in run.metrics}
+    steps: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for step, value in data.history(run.run_id, key):
+            steps.setdefault(step, {})[key] = value
+    return steps
+
+
+def run_values(data: ExperimentData, run: RunInfo, columns: Sequence[str],
+               tious: Sequence[float], at: str, metric: str) -> dict[str, float]:
+    """Every column of one run, at its last evaluation or its best one by ``metric``."""
+    if at not in ATS:
+        raise ValueError(f"at must be one of {ATS}, not {at!r}")
+    if at == "final":
+        source: Mapping[str, float] = run.metrics
+    else:
+        steps = _step_values(data, run, tious, [*columns, metric])
+        scored = [(column_value(metric, v, tious), s) for s, v in steps.items()]
+        scored = [(m, s) for m, s in scored if m is not None]
+        if not scored:
+            return {}
+        best_step = min(scored, key=lambda ms: (-ms[0], ms[1]))[1]  # type: ignore[operator]
+        source = steps[best_step]
+    out = {}
+    for c in columns:
+        v = column_value(c, source, tious)
+        if v is not None and math.isfinite(v):
+            out[c] = v
+    return out
+
+
+def _latest_per_seed(runs: Sequence[RunInfo]) -> tuple[dict[int, RunInfo], int]:
+    out: dict[int, RunInfo] = {}
+    dup = 0
+    for r in sorted(runs, key=lambda r: r.start_time):
+        seed = r.seed if r.seed is not None else -1
+        dup += seed in out
+        out[seed] = r
+    return out, dup
+
+
+def _varying(runs: Sequence[RunInfo]) -> list[str]:
+    keys = sorted({k for r in runs for k in r.params})
+    return [k for k in keys if k not in HASH_EXCLUDED
+            and len({r.params.get(k) for r in runs}) > 1]
+
+
+def _groups(data: ExperimentData
+            ) -> tuple[list[tuple[str, str, list[RunInfo], dict[str, float], str | None]],
+                       list[str]]:
+    """(label, description, runs, paper, reference) per row, and notes."""
+    finished = data.finished
+    notes = []
+    if data.kind == "ablation":
+        study = data.study or {}
+        variants = study.get("variants") or []
+        default_ref = study.get("reference")
+        order = [v["name"] for v in variants]
+        seen = [r.variant for r in finished if r.variant is not None]
+        extra = [v for v in dict.fromkeys(seen) if v not in order]
+        if not order:
+            default_ref = seen[0] if seen else None
+        groups = []
+        for v in variants:
+            ref = v.get("reference") or default_ref
+            desc = v.get("description") or ""
+            ovr = " ".join(f"{k}={_plain(x)}" for k, x in (v.get("overrides") or {}).items())
+            groups.append((v["name"], "; ".join(x for x in (ovr, desc) if x),
+                           [r for r in finished if r.variant == v["name"]],
+                           dict(v.get("paper") or {}), None if ref == v["name"] else ref))
+        for name in extra:
+            groups.append((name, "(not in the study's current definition)",
+                           [r for r in finished if r.variant == name], {},
+                           None if name == default_ref else default_ref))
+        if extra:
+            notes.append(f"variants no longer in the study: {', '.join(extra)}")
+        return groups, notes
+    # a sweep: trials with the same config (but the seed) form one row
+    varying = _varying(finished)
+    by_config: dict[tuple, list[RunInfo]] = {}
+    for r in sorted(finished, key=lambda r: r.start_time):
+        key = tuple(sorted((k, v) for k, v in r.params.items() if k not in HASH_EXCLUDED))
+        by_config.setdefault(key, []).append(r)
+    groups = []
+    for runs in by_config.values():
+        first = runs[0]
+        label = first.trial_id + (f" (+{len(runs) - 1})" if len(runs) > 1 else "")
+        desc = " ".join(f"{k}={first.params.get(k, '')}" for k in varying)
+        groups.append((label, desc, runs, {}, None))
+    pruned = sum(r.pruned for r in data.runs)
+    failed = sum(r.status == "FAILED" for r in data.runs)
+    other = sum(r.status in ("KILLED", "RUNNING") for r in data.runs)
+    notes.append(f"{len(data.runs)} trials: {len(finished)} trained to the end (in the table), "
+                 f"{pruned} pruned, {failed} failed, {other} killed or running")
+    if groups:
+        ref_label = groups[0][0]
+        groups = [groups[0]] + [(lbl, d, rs, p, ref_label) for lbl, d, rs, p, _ in groups[1:]]
+        notes.append(f"reference: the first trial, {ref_label} (a sweep's first points are "
+                     "the paper defaults)")
+    return groups, notes
+
+
+def _plain(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def build_table(data: ExperimentData, at: str = "final", top_k: int | None = 20) -> Table:
+    """The table of an experiment (see the module docstring); a sweep keeps the reference
+    row and the ``top_k`` best others by the metric."""
+    tious = data.tious()
+    study = data.study or {}
+    metric = study.get("metric") or (average_metric_name(tious) if tious else "")
+    groups, notes = _groups(data)
+    paper_cols = [c for _, _, _, paper, _ in groups for c in paper]
+    columns = table_columns(data, tious, [metric, *paper_cols])
+    rows: list[Row] = []
+    for label, desc, runs, paper, ref in groups:
+        per_seed, dup = _latest_per_seed(runs)
+        if dup:
+            notes.append(f"{label}: {dup} seed(s) finished more than once; the latest run "
+                         "of each is used")
+        values: dict[str, dict[int, float]] = {c: {} for c in columns}
+        for seed, run in per_seed.items():
+            for c, v in run_values(data, run, columns, tious, at, metric).items():
+                values[c][seed] = v
+        cells = {c: summarize(list(values[c].values())) for c in columns}
+        rows.append(Row(label=label, description=desc, reference=ref, runs=per_seed,
+                        values=values, cells=cells, paper=paper,
+                        note="no finished run" if not per_seed else ""))
+    by_label = {r.label: r for r in rows}
+    for r in rows:
+        if r.reference is not None and r.reference in by_label and metric:
+            r.diff = paired_ttest(r.values[metric], by_label[r.reference].values[metric])
+    if data.kind == "sweep" and top_k is not None and len(rows) > top_k + 1:
+        ranked = sorted(rows[1:], key=lambda r: -(r.cells[metric].mean or -math.inf))
+        notes.append(f"{len(rows) - 1 - top_k} more trials not shown (--top {top_k})")
+        rows = [rows[0], *ranked[:top_k]]
+    elif data.kind == "sweep" and len(rows) > 1:
+        rows = [rows[0], *sorted(rows[1:], key=lambda r: -(r.cells[metric].mean or -math.inf))]
+    return Table(experiment=data.name, title=data.title, kind=data.kind, columns=columns,
+                 metric=metric, at=at, rows=rows,
+                 paper={k: str(v) for k, v in (study.get("paper") or {}).items()}, notes=notes)
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _pct(v: float | None, decimals: int) -> str:
+    return "–" if v is None else f"{v * 100:.{decimals}f}"
+
+
+def _cell(s: Summary, row_n: int, decimals: int) -> str:
+    if s.mean is None:
+        return "–"
+    text = _pct(s.mean, decimals)
+    if s.std is not None:
+        text += f" ± {s.std * 100:.{decimals}f}"
+    if s.n != row_n:
+        text += f" (n={s.n})"
+    return text
+
+
+def _diff(d: PairedTest | None, decimals: int) -> tuple[str, str]:
+    if d is None:
+        return "(reference)", ""
+    if d.mean is None:
+        return "–", d.note
+    text = f"{d.mean * 100:+.{decimals}f}"
+    if d.std is not None:
+        text += f" ± {d.std * 100:.{decimals}f}"
+    p = f"{d.p:.3g}" if d.p is not None else f"n/a: {d.note}"
+    return text, p
+
+
+def _paper(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def _caption(table: Table) -> str:
+    what = "study" if table.kind == "ablation" else "sweep"
+    when = "last evaluation" if table.at == "final" else "best evaluation by " + table.metric
+    return (f"{what} '{table.title}' (MLflow experiment '{table.experiment}'): mAP (%) at the "
+            f"{when} of each run, mean ± std over seeds")
+
+
+def to_markdown(table: Table, decimals: int = 1) -> str:
+    pcols = set(table.paper_columns)
+    head = ["Variant", "n"]
+    for c in table.columns:
+        head.append(column_label(c))
+        if c in pcols:
+            head.append(f"{column_label(c)} paper")
+    head += [f"Δ {column_label(table.metric)}", "p (paired t)"]
+    lines = [f"# {_caption(table)}", ""]
+    if table.paper:
+        p = table.paper
+        lines += [f"Paper: {p.get('source', '')}" + (f", table {p['table']}" if p.get("table")
+                                                     else "")
+                  + (f" ({p['note']})" if p.get("note") else "") + ".", ""]
+    lines += [f"Δ: difference to the row's reference on `{table.metric}`, mean ± std over the "
+              "seeds both rows share, with the two-sided paired t-test over those seeds.", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.rows:
+        cells = [_md(r.label), str(r.n)]
+        for c in table.columns:
+            cells.append(_cell(r.cells[c], r.n, decimals))
+            if c in pcols:
+                cells.append(_paper(r.paper.get(c)))
+        d, p = _diff(r.diff, decimals)
+        if r.diff is not None and r.reference:
+            d += f" vs {r.reference}"
+        cells += [_md(d), _md(p)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Variants:", ""]
+    for r in table.rows:
+        seeds = ", ".join(map(str, r.seeds)) or "none finished"
+        lines.append(f"- **{_md(r.label)}**: {_md(r.description) or '(base config)'} "
+                     f"(seeds {seeds})")
+    if table.notes:
+        lines += ["", "Notes:", ""] + [f"- {_md(n)}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_csv(table: Table) -> str:
+    """One line per row; values in percent; empty where there is none."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    head = ["variant", "description", "reference", "n", "seeds"]
+    for c in table.columns:
+        head += [f"{c} mean (%)", f"{c} std (%)", f"{c} n", f"{c} paper (%)"]
+    head += ["delta metric", "delta mean (%)", "delta std (%)", "delta n", "t", "p", "note"]
+    w.writerow(head)
+
+    def num(v: float | None, scale: float = 100.0) -> str:
+        return "" if v is None else f"{v * scale:.6g}"
+
+    for r in table.rows:
+        line = [r.label, r.description, r.reference or "", r.n,
+                " ".join(map(str, r.seeds))]
+        for c in table.columns:
+            s = r.cells[c]
+            line += [num(s.mean), num(s.std), s.n, num(r.paper.get(c), 1.0)]
+        d = r.diff
+        if d is None:
+            line += [table.metric, "", "", "", "", "", "reference"]
+        else:
+            line += [table.metric, num(d.mean), num(d.std), d.n, num(d.t, 1.0),
+                     num(d.p, 1.0), d.note]
+        w.writerow(line)
+    return out.getvalue()
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+          "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+          "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: Table, decimals: int = 1) -> str:
+    """A booktabs table (``\\usepackage{booktabs}``); paper figures in grey brackets
+    (``\\usepackage[table]{xcolor}`` for the grey; drop ``\\color{gray}`` without it)."""
+    pcols = set(table.paper_columns)
+    ncol = 2 + len(table.columns) + 2
+    head = ["Variant", "$n$"]
+    for c in table.columns:
+        head.append(_tex(column_label(c)))
+    head += [f"$\\Delta$ {_tex(column_label(table.metric))}", "$p$"]
+    caption = _tex(_caption(table)).replace("±", r"$\pm$")
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             f"\\caption{{{caption}"
+             + (". Paper figures in brackets" if pcols else "") + ".}",
+             r"\begin{tabular}{l r " + "c" * (ncol - 2) + "}", r"\toprule",
+             " & ".join(head) + r" \\", r"\midrule"]
+    for r in table.rows:
+        cells = [_tex(r.label), str(r.n)]
+        for c in table.columns:
+            s = r.cells[c]
+            cell = "--" if s.mean is None else f"${s.mean * 100:.{decimals}f}"
+            if s.mean is not None:
+                cell += f" \\pm {s.std * 100:.{decimals}f}$" if s.std is not None else "$"
+            if c in pcols and c in r.paper:
+                cell += f" {{\\color{{gray}}({r.paper[c]:.1f})}}"
+            cells.append(cell)
+        d = r.diff
+        if d is None:
+            cells += ["ref.", ""]
+        elif d.mean is None:
+            cells += ["--", ""]
+        else:
+            cell = f"${d.mean * 100:+.{decimals}f}"
+            cell += f" \\pm {d.std * 100:.{decimals}f}$" if d.std is not None else "$"
+            cells += [cell, f"{d.p:.3g}" if d.p is not None else "n/a"]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Row", "Table", "build_table", "run_values", "column_value", "column_label",
+           "table_columns", "to_markdown", "to_csv", "to_latex"]
