@@ -31,3 +31,14 @@ def tiny_cfg(tiny_overrides):
 @pytest.fixture
 def tiny_data(tiny_cfg):
     return load_from_config(tiny_cfg.data)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One in-process Ray (2 CPUs) for the tests of a module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()

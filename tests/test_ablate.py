@@ -13,7 +13,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import ray
 import yaml
 from conftest import TINY
 from mllm4wtal.cli import main
@@ -221,14 +220,6 @@ def test_a_sweep_and_a_study_never_share_a_directory(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from base_checks import all_losses, assert_padding_changes_nothing
 from mllm4wtal.config import load_config
 from mllm4wtal.data.load import load_from_config
 from mllm4wtal.model.base import BaseOutput
@@ -16,7 +17,6 @@ from mllm4wtal.model.delu import DELU
 from mllm4wtal.model.mllm4wtal import BASES
 from mllm4wtal.train.checkpoint import load_checkpoint
 from mllm4wtal.train.loop import train
-from mllm4wtal.train.losses import ksm_loss
 
 NEW = ["co2net", "delu"]
 D, RGB, C, H = 16, 8, 4, 16
@@ -25,12 +25,6 @@ D, RGB, C, H = 16, 8, 4, 16
 def make(name: str) -> CO2Net:
     torch.manual_seed(0)
     return BASES[name](D, RGB, C, H, 0.5)
-
-
-def all_losses(model, out, labels, mask):
-    losses = ksm_loss(out.cas, out.attention, labels, mask, 8)
-    losses.update(model.aux_losses(out, out.cas, labels, mask, 8))
-    return losses
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -60,23 +54,7 @@ def test_padding_changes_nothing(name):
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[1, 7:] = False
     labels = torch.tensor([[1.0, 0, 0, 1], [1.0, 0, 1, 0]])  # the pair shares class 0
-    # the same videos padded further, with garbage where they are padded
-    x_pad = torch.randn(2, 14, D) * 50
-    x_pad[0, :10], x_pad[1, :7] = x[0], x[1, :7]
-    mask_pad = torch.zeros(2, 14, dtype=torch.bool)
-    mask_pad[0, :10], mask_pad[1, :7] = True, True
-
-    with torch.no_grad():
-        out, out_pad = model(x, mask), model(x_pad, mask_pad)
-        ref, got = all_losses(model, out, labels, mask), all_losses(model, out_pad, labels,
-                                                                    mask_pad)
-    for field in ("embedding", "attention", "cas"):
-        a, b = getattr(out, field), getattr(out_pad, field)
-        assert torch.allclose(a[0], b[0, :10], atol=1e-5)
-        assert torch.allclose(a[1, :7], b[1, :7], atol=1e-5)
-    assert ref.keys() == got.keys()
-    for k in ref:
-        assert got[k].item() == pytest.approx(ref[k].item(), rel=1e-5, abs=1e-6), k
+    assert_padding_changes_nothing(model, x, mask, labels, extra=4)
     if isinstance(model, DELU):
         assert int(model.steps_seen) == 1000  # evaluation does not advance the curriculum
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-import ray
 import yaml
 from conftest import TINY
 from mllm4wtal.config import parse_override
@@ -69,14 +68,6 @@ def children(client: mlflow.MlflowClient, space) -> dict[str, mlflow.entities.Ru
     exp = client.get_experiment_by_name(space.mlflow.experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     return {r.data.tags["trial_id"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def test_sweep_prunes_fails_and_logs(tmp_path, ray_session):

@@ -33,6 +33,18 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = "syntheti
                    help="dotted override, repeatable, e.g. --set loss.lambda1=2.0")
 
 
+def _add_location_args(p: argparse.ArgumentParser) -> None:
+    """Where a sweep or study writes, and a dry run; shared by `sweep` and `ablate`."""
+    p.add_argument("--storage", default=None, metavar="DIR|URI",
+                   help="where the experiment directory goes (overrides storage.path; must "
+                        "be absolute or remote under `ray job submit`)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (overrides mlflow.tracking_uri; default: "
+                        "<storage>/mlflow.db)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the file and print the plan; start nothing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mllm4wtal",
@@ -89,17 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SECTION.KEY=VALUE",
                    help="change the search-space file's own sections, repeatable, e.g. "
                         "--space-set trials.num_samples=4 --space-set scheduler.max_t=200")
-    p.add_argument("--storage", default=None, metavar="DIR|URI",
-                   help="where the experiment directory goes (overrides storage.path; must "
-                        "be absolute or remote under `ray job submit`)")
-    p.add_argument("--tracking-uri", default=None, metavar="URI",
-                   help="MLflow tracking URI (overrides mlflow.tracking_uri; default: a "
-                        "sqlite file in the experiment directory)")
+    _add_location_args(p)
     p.add_argument("--resume", default=None, metavar="EXPERIMENT_DIR",
                    help="continue an interrupted sweep (finished trials are not rerun, "
                         "errored ones resume from their checkpoints)")
-    p.add_argument("--check", action="store_true",
-                   help="validate the file and print the plan; start nothing")
 
     p = sub.add_parser("ablate", help="ablation study: variants x seeds -> paper-style table",
                        description="Run every variant x seed of a study YAML (schema: "
@@ -118,13 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None, metavar="N|LIST",
                    help="seeds per variant: a count (3 = seeds 0,1,2) or a list (0,1,7); "
                         "default: the file's seeds (3)")
-    p.add_argument("--storage", default=None, metavar="DIR|URI",
-                   help="where the experiment directory goes (overrides storage.path)")
-    p.add_argument("--tracking-uri", default=None, metavar="URI",
-                   help="MLflow tracking URI (overrides mlflow.tracking_uri; default: "
-                        "<storage>/mlflow.db)")
-    p.add_argument("--check", action="store_true",
-                   help="validate the file and print the plan; start nothing")
+    _add_location_args(p)
     p.add_argument("--no-report", action="store_true",
                    help="do not write the report (tables and plots) at the end")
 

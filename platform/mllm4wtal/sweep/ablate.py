@@ -268,20 +268,13 @@ class _StudyParser(_Parser):
     KIND = "study"
     EXAMPLE = "search_spaces/ablations/components.yaml"
     REQUIRED = ("base", "variants")
+    TOP_LEVEL = TOP_LEVEL_KEYS
 
     def fail(self, key: str, msg: str) -> StudyError:  # type: ignore[override]
         return StudyError(f"{self.where}: {key}: {msg}" if key else f"{self.where}: {msg}")
 
     def parse_study(self, seeds: Any = None) -> Study:
-        raw = self.apply_edits(self.read())
-        for k in raw:
-            if k not in TOP_LEVEL_KEYS:
-                raise self.fail(str(k), f"unknown top-level key{_close(str(k), TOP_LEVEL_KEYS)}"
-                                        f" (allowed: {', '.join(TOP_LEVEL_KEYS)})")
-        name = self.parse_name(raw)
-        description = raw.get("description") or ""
-        if not isinstance(description, str):
-            raise self.fail("description", "must be text")
+        raw, name, description = self.read_head()
         paper = self.parse_paper(raw.get("paper"))
         file_ovr, cli_ovr = self.parse_overrides(raw)
         file_ovr, cli_ovr = _absolute_paths(file_ovr), _absolute_paths(cli_ovr)
@@ -325,11 +318,9 @@ class _StudyParser(_Parser):
         if not isinstance(value, dict):
             raise self.fail("paper", "must be a mapping like {source: mllm4wtal.txt, table: 3, "
                                      "note: ...}")
+        self.check_keys(value, PAPER_KEYS, "paper.")
         out = {}
         for k, v in value.items():
-            if k not in PAPER_KEYS:
-                raise self.fail(f"paper.{k}", f"unknown key{_close(str(k), PAPER_KEYS)} "
-                                              f"(allowed: {', '.join(PAPER_KEYS)})")
             if not isinstance(v, str | int | float) or isinstance(v, bool):
                 raise self.fail(f"paper.{k}", f"must be text; got {_show(v)}")
             out[k] = str(v)

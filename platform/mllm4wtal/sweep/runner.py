@@ -251,28 +251,24 @@ def run_sweep(space: SearchSpaceFile, resume: bool = False, verbose: int = 1) ->
                        summary=summary, interrupted=interrupted)
 
 
-def _record(space: SearchSpaceFile, trial_id: str, config: dict, metrics: dict,
-            history: list[dict], error: bool, finished: bool) -> TrialRecord:
-    total = space.base_config.train.iterations
-    iterations = int(metrics.get("iteration", 0) or 0)
-    values = [h[space.metric] for h in history if h.get(space.metric) is not None]
-    pick = max if space.mode == "max" else min
-    status = "FAILED" if error else ("FINISHED" if finished else "RUNNING")
-    return TrialRecord(
-        trial_id=trial_id, config=dict(config),
-        metric=pick(values) if values else metrics.get(space.metric),
-        iterations=iterations, pruned=finished and not error and iterations < total,
-        status=status, wall_s=float(metrics.get("time_total_s", 0.0) or 0.0),
-        gpus=space.resources.gpu)
-
-
 def records_of(space: SearchSpaceFile, grid: tune.ResultGrid) -> list[TrialRecord]:
     """One record per trial; ``metric`` is the best value the trial reported (the one its
-    ``best.pt`` holds)."""
+    ``best.pt`` holds). A trial that stopped without error before the last iteration was
+    pruned (``mark_killed`` then tells interrupted ones apart)."""
+    total = space.base_config.train.iterations
+    pick = max if space.mode == "max" else min
     out = []
     for r in grid:
-        history = r.metrics_dataframe.to_dict("records") if r.metrics_dataframe is not None \
-            else []
-        out.append(_record(space, str(r.metrics.get("trial_id", "")), r.config or {},
-                           r.metrics or {}, history, r.error is not None, True))
+        metrics = r.metrics or {}
+        history = (r.metrics_dataframe.to_dict("records")
+                   if r.metrics_dataframe is not None else [])
+        values = [h[space.metric] for h in history if h.get(space.metric) is not None]
+        iterations = int(metrics.get("iteration", 0) or 0)
+        failed = r.error is not None
+        out.append(TrialRecord(
+            trial_id=str(metrics.get("trial_id", "")), config=dict(r.config or {}),
+            metric=pick(values) if values else metrics.get(space.metric),
+            iterations=iterations, pruned=not failed and iterations < total,
+            status="FAILED" if failed else "FINISHED",
+            wall_s=float(metrics.get("time_total_s", 0.0) or 0.0), gpus=space.resources.gpu))
     return out

@@ -502,6 +502,15 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with :class:`_Loader` (a SafeLoader: plain data only)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -526,6 +535,7 @@ class _Parser:
     KIND = "search-space"
     EXAMPLE = "search_spaces/quickstart.yaml"
     REQUIRED = ("base", "space")
+    TOP_LEVEL = TOP_LEVEL_KEYS
 
     def __init__(self, path: str | Path, cli: list[str], edits: list[str] | None = None
                  ) -> None:
@@ -549,11 +559,16 @@ class _Parser:
         if not isinstance(value, dict):
             raise self.fail(name, f"must be a mapping with keys {', '.join(keys)}; got "
                                   f"{_show(value)}")
-        for k in value:
-            if k not in keys:
-                raise self.fail(f"{name}.{k}", f"unknown key{_close(str(k), keys)} "
-                                               f"(allowed: {', '.join(keys)})")
+        self.check_keys(value, keys, f"{name}.")
         return value
+
+    def check_keys(self, mapping: dict, allowed: Sequence[str], prefix: str = "",
+                   what: str = "key") -> None:
+        """Each key of ``mapping`` must be in ``allowed``; else one message with the closest."""
+        for k in mapping:
+            if k not in allowed:
+                raise self.fail(f"{prefix}{k}", f"unknown {what}{_close(str(k), allowed)} "
+                                                f"(allowed: {', '.join(allowed)})")
 
     def get_int(self, sec: dict, name: str, key: str, default: int, lo: int) -> int:
         v = sec.get(key, default)
@@ -597,7 +612,7 @@ class _Parser:
             except ConfigError as e:
                 raise self.fail("", f"--space-set: {e}") from None
             head, _, leaf = key.partition(".")
-            if head not in TOP_LEVEL_KEYS or head in ("space", "overrides"):
+            if head not in self.TOP_LEVEL or head in ("space", "variants", "overrides"):
                 raise self.fail(key, "--space-set changes the file's own sections ("
                                      "trials, scheduler, searcher, resources, mlflow, storage, "
                                      "name, metric, mode); config keys go to --set")
@@ -610,16 +625,18 @@ class _Parser:
             section[leaf] = value
         return raw
 
-    def parse(self) -> SearchSpaceFile:
+    def read_head(self) -> tuple[dict, str, str]:
+        """The file with its --space-set edits, its top-level keys checked, its name and
+        description."""
         raw = self.apply_edits(self.read())
-        for k in raw:
-            if k not in TOP_LEVEL_KEYS:
-                raise self.fail(str(k), f"unknown top-level key{_close(str(k), TOP_LEVEL_KEYS)}"
-                                        f" (allowed: {', '.join(TOP_LEVEL_KEYS)})")
-        name = self.parse_name(raw)
+        self.check_keys(raw, self.TOP_LEVEL, what="top-level key")
         description = raw.get("description") or ""
         if not isinstance(description, str):
             raise self.fail("description", "must be text")
+        return raw, self.parse_name(raw), description
+
+    def parse(self) -> SearchSpaceFile:
+        raw, name, description = self.read_head()
         base = raw.get("base")
         file_ovr, cli_ovr = self.parse_overrides(raw)
         base_config = self.build_base(base, file_ovr, cli_ovr)
@@ -648,7 +665,7 @@ class _Parser:
         if not self.path.is_file():
             raise self.fail("", f"is not a file; pass the path of a {kind} YAML file")
         try:
-            raw = yaml.load(self.path.read_text(), Loader=_Loader)  # a SafeLoader
+            raw = _safe_load(self.path.read_text())
         except _DuplicateKey as e:
             raise self.fail(str(e.key), f"duplicate key (line {e.line}); keep only one") from None
         except yaml.YAMLError as e:
@@ -757,11 +774,7 @@ class _Parser:
         if not isinstance(spec, dict):
             raise self.fail(label, f"must be a mapping like {{type: float, low: 0.1, high: "
                                    f"1.0}}; got {_show(spec)}")
-        for k in spec:
-            if k not in PARAM_KEYS:
-                raise self.fail(f"{label}.{k}", f"unknown distribution key"
-                                                f"{_close(str(k), PARAM_KEYS)} (allowed: "
-                                                f"{', '.join(PARAM_KEYS)})")
+        self.check_keys(spec, PARAM_KEYS, f"{label}.", what="distribution key")
         kind = spec.get("type")
         if kind not in ("float", "int", "categorical"):
             raise self.fail(f"{label}.type", f"{_show(kind)} is not a distribution type; use "

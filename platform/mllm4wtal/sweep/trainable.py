@@ -47,10 +47,15 @@ def restore_run_dir(checkpoint: tune.Checkpoint | None, run_dir: Path) -> Path |
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as src:
-        for name in CHECKPOINT_FILES:
-            if (Path(src) / name).exists():
-                shutil.copy2(Path(src) / name, run_dir / name)
+        copy_run_files(Path(src), run_dir)
     return run_dir / "last.pt"
+
+
+def copy_run_files(src: Path, dst: Path) -> None:
+    """The files of a run directory a trial checkpoint carries, from ``src`` to ``dst``."""
+    for name in CHECKPOINT_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
 
 
 def run_trial(trial_params: Mapping[str, Any], *, base: Mapping[str, Any],
@@ -67,9 +72,7 @@ def run_trial(trial_params: Mapping[str, Any], *, base: Mapping[str, Any],
 
     def report(metrics: dict[str, float], run_dir: Path) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            for name in CHECKPOINT_FILES:
-                if (run_dir / name).exists():
-                    shutil.copy2(run_dir / name, Path(tmp) / name)
+            copy_run_files(run_dir, Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(cfg, dataset, run_dir, report=report, resume=resume, progress=False)
