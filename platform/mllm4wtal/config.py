@@ -86,7 +86,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class KSMConfig:
     enabled: bool = _f(True, "Key Semantic Matching (eq. 4-10); off = base conv class head")
-    prompt: str = _f("learnable", "query context", choices=["learnable", "handcraft"])
+    prompt: str = _f("learnable", "query context: learnable tokens shared by all classes (CoOp's "
+                     "unified context, the paper's), learnable tokens per class (CoOp's "
+                     "class-specific context) or a hand-written prompt",
+                     choices=["learnable", "class_specific", "handcraft"])
     n_ctx: int = _f(8, "learnable context tokens N_context", min=0, max=64)
     dim: int = _f(512, "width of the query transformer (queries are projected to H)", min=8)
     layers: int = _f(1, "transformer encoder layers for the queries", min=1, max=12)

@@ -1,16 +1,23 @@
 """Key Semantic Matching (eq. 4-10 of MLLM4WTAL).
 
 Text queries: T_query = [T_start; T_context; T_key] (eq. 5) -> transformer encoder ->
-one query per class, read out as the mean of the key-word outputs (the [START] and
-context tokens shape them through attention); the (C+1)-th (background) query is a
-parameter initialised to zero. Matching: M = s <F_e / |F_e|, F_query / |F_query|> (inner
+one query per class, read out as the mean of all its token outputs; the (C+1)-th
+(background) query is a parameter initialised to zero. The class queries are centred
+(their mean over classes removed) before normalisation: the component every class shares
+(the prompt, common words) says nothing about the class, and with it the queries of
+classes with similar names start nearly parallel, which stalls the MIL losses (on the
+synthetic benchmark KSM + loc head reached 46.4 avg mAP at 400 iterations uncentred,
+49.8 / 50.6 centred, seeds 0 / 1). Matching: M = s <F_e / |F_e|, F_query / |F_query|> (inner
 products of unit vectors with a learnable scale s, initialised to 10, as CLIP-style
 matching does: raw inner products of fresh embeddings are too small to train the MIL
 losses at the paper's learning rate); the background query is not normalised so that it
 can start at zero. M_hat = A_KSM * M. The loss (eq. 6-10) is ``train.losses.ksm_loss``.
 
-``prompt``: ``learnable`` context vectors (CoOp-style, as the paper) or ``handcraft``:
-the fixed word vectors of a hand-written prompt ("a video of a person").
+``prompt``: ``learnable`` context vectors shared by all classes (CoOp's unified context,
+as the paper), ``class_specific``: one learnable context per class (CoOp's CSC; it lets
+the queries of classes whose descriptions share words, GolfSwing / TennisSwing at cos
+0.96, move apart), or ``handcraft``: the fixed word vectors of a hand-written prompt
+("a video of a person").
 """
 
 from __future__ import annotations
@@ -26,13 +33,15 @@ HANDCRAFT_PROMPT = "a video of a person"
 
 class KSM(nn.Module):
     def __init__(self, word_dim: int, hidden: int, dim: int, n_ctx: int, layers: int,
-                 heads: int, prompt: str, handcraft: Tensor | None = None) -> None:
+                 heads: int, prompt: str, num_classes: int,
+                 handcraft: Tensor | None = None) -> None:
         super().__init__()
         self.hidden = hidden
         self.start = nn.Parameter(torch.randn(dim) * 0.02)
         self.word_proj = nn.Linear(word_dim, dim)
-        if prompt == "learnable":
-            self.ctx = nn.Parameter(torch.randn(n_ctx, dim) * 0.02)
+        if prompt in ("learnable", "class_specific"):
+            shape = (n_ctx, dim) if prompt == "learnable" else (num_classes, n_ctx, dim)
+            self.ctx = nn.Parameter(torch.randn(shape) * 0.02)
         elif prompt == "handcraft":
             if handcraft is None:
                 raise ValueError("prompt='handcraft' needs the prompt's word vectors")
@@ -57,19 +66,14 @@ class KSM(nn.Module):
         """
         c = key_vectors.shape[0]
         ctx = self._context()
-        tokens = torch.cat([
-            self.start.expand(c, 1, -1),
-            ctx.expand(c, -1, -1),
-            self.word_proj(key_vectors),
-        ], dim=1)
-        pad = torch.cat([key_mask.new_ones(c, 1 + ctx.shape[0]), key_mask], dim=1)
-        encoded = self.encoder(tokens, src_key_padding_mask=~pad)
-        # read out the contextualised key words (mean), not [START]: at initialisation the
-        # [START] output is almost the same for every class (query |cos| 0.35 vs 0.26)
-        words = encoded[:, 1 + ctx.shape[0]:]
-        m = key_mask.to(words.dtype)[..., None]
-        pooled = (words * m).sum(1) / m.sum(1).clamp_min(1)
-        fq = F.normalize(self.out(pooled), dim=-1)
+        ctx = ctx.expand(c, -1, -1) if ctx.dim() == 2 else ctx
+        tokens = torch.cat([self.start.expand(c, 1, -1), ctx, self.word_proj(key_vectors)],
+                           dim=1)
+        present = torch.cat([key_mask.new_ones(c, 1 + ctx.shape[1]), key_mask], dim=1)
+        encoded = self.encoder(tokens, src_key_padding_mask=~present)
+        m = present.to(encoded.dtype)[..., None]
+        fq = self.out((encoded * m).sum(1) / m.sum(1))
+        fq = F.normalize(fq - fq.mean(0, keepdim=True), dim=-1)
         return torch.cat([fq, self.bg_query[None]], dim=0)
 
     def match(self, embedding: Tensor, queries: Tensor) -> Tensor:

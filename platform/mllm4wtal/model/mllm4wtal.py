@@ -78,7 +78,7 @@ class MLLM4WTAL(nn.Module):
             assert text is not None
             handcraft = text.word_vectors[text.handcraft_ids].float()
             self.ksm = KSM(word_dim, hidden, cfg.ksm.dim, cfg.ksm.n_ctx, cfg.ksm.layers,
-                           cfg.ksm.heads, cfg.ksm.prompt, handcraft)
+                           cfg.ksm.heads, cfg.ksm.prompt, num_classes, handcraft)
         if cfg.csr.enabled:
             assert text is not None
             self.csr = CSR(feature_dim, word_dim, text.word_vectors.shape[0], cfg.csr.dim,
