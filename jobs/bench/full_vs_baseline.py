@@ -15,7 +15,6 @@ prompt context), ``full/unified`` (the same with the paper's context shared by a
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from mllm4wtal.config import load_config
 from mllm4wtal.data.load import load_from_config
+from mllm4wtal.report.stats import summarize
 from mllm4wtal.text.bundle import build_text_bundle
 from mllm4wtal.train.evaluate import evaluate_model, primary_metric
 from mllm4wtal.train.loop import build_model, seed_everything, train
@@ -76,12 +76,12 @@ def main() -> None:
     for name, vals in rows.items():
         best, last = [v[0] * 100 for v in vals], [v[1] * 100 for v in vals]
         print(f"| {name} | {', '.join(f'{m:.1f}' for m in best)} | {_mean_std(best)} | "
-              f"{_mean_std(last)} | {statistics.mean(v[2] for v in vals):.0f} |")
+              f"{_mean_std(last)} | {summarize([v[2] for v in vals]).mean:.0f} |")
 
 
 def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+    s = summarize(values)
+    return f"{s.mean:.1f}" + (f" ± {s.std:.1f}" if s.std is not None else "")
 
 
 if __name__ == "__main__":
