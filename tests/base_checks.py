@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mllm4wtal.train.losses import ksm_loss
+from mllm4wtal.model.losses import ksm_loss
 
 
 def all_losses(model, out, labels, mask):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mllm4wtal.text.backends import Answer, Backend, Query
+from mllm4wtal.describe.backends import Answer, Backend, FatalBackendError, Query
 
 # ---------------------------------------------------------------- a backend that counts
 
@@ -21,7 +21,9 @@ from mllm4wtal.text.backends import Answer, Backend, Query
 class CountingBackend(Backend):
     """Answers without a model and logs every (video, class, kind) it is asked; can stop
     the job like Ctrl-C when it is about to describe the ``interrupt_at``-th video, and
-    fail the videos in ``fail``."""
+    fail the videos in ``fail``. Options (they travel to Ray actors, class attributes do
+    not): ``fail_on`` videos raise, ``fatal_on`` videos raise a FatalBackendError, and
+    ``die_on`` videos end the process like a crash (only in a Ray actor!)."""
 
     name = "counting"
     needs_frames = False
@@ -42,7 +44,11 @@ class CountingBackend(Backend):
             type(self).videos_seen += 1
             if self.interrupt_at is not None and self.videos_seen >= self.interrupt_at:
                 raise KeyboardInterrupt
-        if video in self.fail:
+        if video in (self.spec.option("die_on") or ()):
+            os._exit(3)  # no clean-up of any kind: the actor dies
+        if video in (self.spec.option("fatal_on") or ()):
+            raise FatalBackendError(f"the server refuses every request ({video})")
+        if video in self.fail or video in (self.spec.option("fail_on") or ()):
             raise RuntimeError(f"cannot describe {video}")
         return super().describe(video, classes, frames)
 

@@ -21,13 +21,8 @@ from mllm4wtal.errors import UserError
 from mllm4wtal.report.build import make_report
 from mllm4wtal.report.collect import read_experiment
 from mllm4wtal.report.tables import build_table, to_csv, to_latex, to_markdown
-from mllm4wtal.sweep.ablate import (
-    StudyError,
-    column_tious,
-    load_study,
-    parse_seeds,
-    run_ablation,
-)
+from mllm4wtal.sweep.ablate import run_ablation
+from mllm4wtal.sweep.study_file import StudyError, column_tious, load_study, parse_seeds
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,6 +11,7 @@ import torch
 from base_checks import all_losses, assert_padding_changes_nothing
 from mllm4wtal.config import load_config
 from mllm4wtal.data.load import load_from_config
+from mllm4wtal.inference.evaluate import ModelEvaluator
 from mllm4wtal.model.base import BaseOutput
 from mllm4wtal.model.co2net import CO2Net, mutual_loss
 from mllm4wtal.model.delu import DELU
@@ -237,7 +238,7 @@ def test_trains_through_the_loop(name, ksm, tiny_overrides, tmp_path):
     cfg = load_config("synthetic", tiny_overrides + [f"model.base={name}", f"ksm.enabled={ksm}"])
     data = load_from_config(cfg.data)
     run = tmp_path / "run"
-    train(cfg, data, run, progress=False)
+    train(cfg, data, run, evaluate=ModelEvaluator(cfg, data), progress=False)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows
     expected = {"loss/mutual", "loss/norm", "loss/guide", "loss/coact"}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mllm4wtal.config import ConfigError, DataConfig, load_config
 from mllm4wtal.data import (
     DataError,
     DataWarning,
@@ -18,7 +19,6 @@ from mllm4wtal.data import (
     Video,
     WTALDataset,
     dataset_info,
-    load_dataset,
     load_npy,
     load_packed,
     load_per_video,
@@ -27,6 +27,7 @@ from mllm4wtal.data import (
     read_annotation_dir,
     save_wtal,
 )
+from mllm4wtal.data.load import load_from_config
 
 DATA = Path(__file__).parent / "data"
 THUMOS = DATA / "thumos14reduced"
@@ -55,6 +56,11 @@ def _write_features(root: Path, name: str, n: int, dim: int = DIM, seed: int = 0
     feats = [rng.standard_normal((int(t), dim)).astype(np.float32)
              for t in rng.integers(4, 9, size=n)]
     np.save(root / f"{name}-I3D-JOINTFeatures.npy", _object_array(feats))
+
+
+def data_config(**data: object) -> DataConfig:
+    """The ``data`` section as the CLI builds it: a preset plus ``--set data.k=v``."""
+    return load_config("synthetic", [f"data.{k}={v}" for k, v in data.items()]).data
 
 
 def _real_root(tmp: Path, src: Path, name: str) -> Path:
@@ -224,15 +230,23 @@ def test_packed_file_contains_no_pickle(tmp_path: Path) -> None:
     assert len(raw) == sum(v.num_snippets for v in make_dataset().videos) * DIM * 2
 
 
-def test_pack_real_thumos_via_load_dataset(thumos_root: Path, tmp_path: Path) -> None:
+def test_pack_real_thumos_via_config(thumos_root: Path, tmp_path: Path) -> None:
+    # the path `mllm4wtal train --set data.format=wtal ...` takes, then packed and reloaded
+    wtal = data_config(format="wtal", root=thumos_root, name="Thumos14reduced",
+                       feature_dim=DIM, rgb_dim=3, fps=30.0)
     with pytest.warns(DataWarning):
-        ds = load_dataset("wtal", str(thumos_root), "Thumos14reduced")
+        ds = load_from_config(wtal)
+    assert ds.rgb_dim == 3 and {v.fps for v in ds.videos} == {30.0}  # config reaches the loader
     with pytest.warns(DataWarning):
         pack(ds, tmp_path / "thumos")
     with pytest.warns(DataWarning):
-        back = load_dataset("packed", str(tmp_path), "thumos")
+        back = load_from_config(data_config(format="packed", root=tmp_path / "thumos",
+                                            feature_dim=DIM, rgb_dim=3))
     assert len(back.train) == 200 and len(back.test) == 212
     _assert_same(ds, back, atol=2e-3)
+    with pytest.raises(DataError, match="feature width 8, expected 16"):
+        load_from_config(data_config(format="packed", root=tmp_path / "thumos",
+                                     feature_dim=2 * DIM, rgb_dim=3))
 
 
 def test_pack_refuses_float16_overflow(tmp_path: Path) -> None:
@@ -276,9 +290,13 @@ def test_per_video_with_annotation_dir(tmp_path: Path) -> None:
     save_wtal(ds, tmp_path, "toy")  # provides toy-Annotations
     (tmp_path / "toy-I3D-JOINTFeatures.npy").unlink()
     _write_per_video(tmp_path, ds)
-    back = load_dataset("per_video", str(tmp_path), "toy", expected_dim=DIM)
+    back = load_from_config(data_config(format="per_video", root=tmp_path, name="toy",
+                                        feature_dim=DIM, rgb_dim=DIM // 2))
     _assert_same(ds, back)
     assert back.rgb_dim == DIM // 2
+    with pytest.raises(DataError, match="vid_000' has feature width 8, expected 10"):
+        load_from_config(data_config(format="per_video", root=tmp_path, name="toy",
+                                     feature_dim=DIM + 2, rgb_dim=DIM // 2))
 
 
 def test_per_video_with_json_gt_and_missing(tmp_path: Path) -> None:
@@ -299,9 +317,13 @@ def test_per_video_with_json_gt_and_missing(tmp_path: Path) -> None:
     assert len(load_per_video(tmp_path, missing="skip").test) == 3
 
 
-def test_unknown_format() -> None:
-    with pytest.raises(DataError, match="unknown dataset format 'hdf5'.*wtal, per_video, packed"):
-        load_dataset("hdf5", ".", "x")
+def test_unknown_format_and_missing_root() -> None:
+    with pytest.raises(ConfigError, match="'data.format' = 'hdf5' is invalid; expected one of "
+                                          "'synthetic', 'wtal', 'per_video', 'packed'"):
+        data_config(format="hdf5")
+    with pytest.raises(DataError, match="data.format = 'per_video' needs data.root: pass "
+                                        "--set data.root="):
+        load_from_config(data_config(format="per_video"))
 
 
 # ------------------------------------------------------------------------ malformed input

@@ -28,22 +28,18 @@ from describe_helpers import (
 from mllm4wtal.cli import main
 from mllm4wtal.config import with_overrides
 from mllm4wtal.data.types import Video, WTALDataset
-from mllm4wtal.errors import UserError
-from mllm4wtal.text.backends import BackendSpec, FatalBackendError, Query, make_backend
-from mllm4wtal.text.backends.frames import (
+from mllm4wtal.describe.backends import BackendSpec, FatalBackendError, Query, make_backend
+from mllm4wtal.describe.backends.frames import (
     FrameError,
     frames_hash,
     index_videos,
     read_frames,
     uniform_indices,
 )
-from mllm4wtal.text.describe import (
-    check_store,
-    format_check,
-    load_describe_dataset,
-    run_describe,
-    store_lock,
-)
+from mllm4wtal.describe.check import check_store, format_check
+from mllm4wtal.describe.job import load_describe_dataset, run_describe
+from mllm4wtal.describe.writer import store_lock
+from mllm4wtal.errors import UserError
 from mllm4wtal.text.prompts import format_prompt
 from mllm4wtal.text.store import (
     DescriptionRecord,
@@ -146,10 +142,12 @@ def test_template_store_synthetic_equals_build_store_and_training_reads_it(
     got, want = build_text_bundle(file_cfg, tiny_data), build_text_bundle(tiny_cfg, tiny_data)
     assert got.vocab.itos == want.vocab.itos
     assert torch.equal(got.tensors.key_ids, want.tensors.key_ids)
+    from mllm4wtal.inference.evaluate import ModelEvaluator
     from mllm4wtal.train.loop import train
 
-    result = train(with_overrides(file_cfg, {"train.iterations": 2}), tiny_data,
-                   tmp_path / "run", progress=False)  # the training loop, on the store
+    short = with_overrides(file_cfg, {"train.iterations": 2})
+    result = train(short, tiny_data, tmp_path / "run", evaluate=ModelEvaluator(short, tiny_data),
+                   progress=False)  # the training loop, on the store
     assert result.best_iteration == 2
 
     # training refuses a store with a missing pair, unless told to fall back to templates

@@ -18,6 +18,8 @@ import mlflow
 import pytest
 from conftest import TINY
 
+pytestmark = pytest.mark.slow  # minutes of Ray trials
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from mllm4wtal.model.csr import masked_word_nll, weighted_attention
 from mllm4wtal.model.loc_head import pseudo_labels
-from mllm4wtal.train.losses import (
+from mllm4wtal.model.losses import (
     attention_distill,
     diou_loss_1d,
     ksm_loss,
+    masked_word_nll,
     mil_loss,
     sigmoid_focal_loss,
     topk_mean,
@@ -86,20 +86,6 @@ def test_masked_word_nll_by_hand():
     targets = torch.tensor([[0, 1]])
     masked = torch.tensor([[True, False]])
     assert masked_word_nll(logits, targets, masked).item() == pytest.approx(-math.log(0.5))
-
-
-def test_weighted_attention_multiplies_scores():
-    q = torch.tensor([[[1.0, 0.0]]])
-    k = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-    v = torch.tensor([[[1.0], [0.0]]])
-    w = torch.tensor([[1.0, 1.0]])
-    keys = torch.ones(1, 2, dtype=torch.bool)
-    # scores (1/sqrt(2), 0) -> softmax weight of key 0 = sigmoid(1/sqrt(2))
-    out = weighted_attention(q, k, v, w, keys)
-    assert out.item() == pytest.approx(1 / (1 + math.exp(-1 / math.sqrt(2))))
-    # A = 0 on key 0 zeroes its score: equal weights
-    out0 = weighted_attention(q, k, v, torch.tensor([[0.0, 1.0]]), keys)
-    assert out0.item() == pytest.approx(0.5)
 
 
 def test_pseudo_labels_by_hand():

@@ -20,8 +20,9 @@ from mllm4wtal.config import parse_override
 from mllm4wtal.errors import UserError
 from mllm4wtal.report.build import make_report
 from mllm4wtal.report.collect import read_experiment
-from mllm4wtal.report.plots import sweep_records, sweep_study
 from mllm4wtal.report.stats import paired_ttest, summarize
+from mllm4wtal.report.summary import write_sweep_summary
+from mllm4wtal.report.sweep_plots import sweep_records, sweep_study
 from mllm4wtal.report.tables import (
     Row,
     Table,
@@ -140,6 +141,7 @@ def sweep(tmp_path_factory):
     finally:
         ray.shutdown()
     assert not result.interrupted
+    write_sweep_summary(space, result)  # as `mllm4wtal sweep` does: tags the sweep's metric
     return root, result
 
 

@@ -11,17 +11,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from mllm4wtal.config import load_config
+from mllm4wtal.config import from_flat, load_config, to_flat
 from mllm4wtal.errors import UserError
-from mllm4wtal.sweep.spaces import (
-    Param,
-    SearchSpaceError,
-    load_search_space,
-    make_sampler,
-    reported_metrics,
-    suggest,
-    trial_config,
-)
+from mllm4wtal.sweep.spaces.metrics import reported_metrics
+from mllm4wtal.sweep.spaces.optuna_space import Param, make_sampler, suggest
+from mllm4wtal.sweep.spaces.search_space import SearchSpaceError, load_search_space
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
@@ -89,7 +83,7 @@ def test_shipped_file_loads(path):
     for point in s.points_to_evaluate:
         cfg = trial_config(s, point)
         assert cfg == s.base_config, "the presets hold the paper defaults"
-    assert s.scheduler.type == "asha" and s.scheduler.rungs
+    assert s.scheduler.type == "asha" and s.scheduler.grace_period < s.scheduler.max_t
     assert s.trials.num_samples >= len(s.points_to_evaluate)
     assert Path(s.storage_path).is_absolute()
 
@@ -113,7 +107,7 @@ def test_quickstart_is_small_and_on_cpu():
     assert s.resources.gpu == 0 and s.resources.cpu == 1
     assert cfg.train.iterations <= 400 and 6 <= s.trials.num_samples <= 8
     assert s.trials.max_concurrent == 2
-    assert s.scheduler.rungs[0] <= cfg.train.iterations // 2
+    assert s.scheduler.grace_period <= cfg.train.iterations // 2  # the first rung
 
 
 # --------------------------------------------------------------------------- valid details
@@ -125,7 +119,8 @@ def test_valid_file_and_resolution(tmp_path, monkeypatch):
     assert [p.key for p in s.params] == list(VALID["space"])
     assert s.space["csr.gamma1"].when == (("csr.contrast", (True,)),)
     assert s.has_conditionals
-    assert s.scheduler.rungs == (50, 150)
+    assert (s.scheduler.grace_period, s.scheduler.reduction_factor, s.scheduler.max_t) == \
+        (50, 3, 300)
     assert s.storage_path == str(tmp_path / "sweeps")
     assert s.experiment_dir == str(tmp_path / "sweeps" / "t")
     assert s.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'sweeps' / 'mlflow.db'}"
@@ -138,7 +133,7 @@ def test_defaults_of_a_minimal_file(tmp_path, monkeypatch):
                                                       "high": 2.0}}}
     s = load_search_space(write(tmp_path, doc, "my_sweep.yaml"))
     assert s.name == "my_sweep" and s.metric == "map/avg_0.1-0.7" and s.mode == "max"
-    assert s.scheduler.type == "none" and s.scheduler.rungs == ()
+    assert s.scheduler.type == "none"
     assert s.searcher.sampler == "tpe" and s.searcher.seed == 0
     assert s.trials.num_samples == 10 and s.resources.cpu == 1 and s.resources.gpu == 0
 
@@ -198,7 +193,7 @@ def test_directory(tmp_path):
     ("base: [unclosed\n", "not valid YAML at line"),
     ("- a\n- b\n", "top level must be a mapping"),
     ("", "is empty"),
-    ("base: synthetic\nbase: thumos14\n", "duplicate key (line 2)"),
+    ("base: synthetic\nbase: thumos14\n", "line 2: duplicate key 'base'"),
 ], ids=["syntax", "list", "empty", "duplicate"])
 def test_not_yaml_or_not_mapping(tmp_path, text, fragment):
     expect_error(write(tmp_path, text), "x.yaml", fragment)
@@ -431,14 +426,20 @@ def test_bad_set_overrides(tmp_path, item, key, fragment):
 # --------------------------------------------------------------------------- optuna glue
 
 
+def trial_config(space, params: dict):
+    """A trial's config as ``sweep.trainable.run_trial`` builds it."""
+    return from_flat({**to_flat(space.base_config), **params})
+
+
 def _run(space, n: int, seed_offset: int = 0) -> list[dict]:
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(space))
+    sampler = make_sampler(space.searcher, space.has_conditionals)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
     for point in space.points_to_evaluate:
         study.enqueue_trial(point)
     out = []
     for _ in range(n):
         trial = study.ask()
-        params = suggest(space, trial)
+        params = suggest(space.params, trial)
         study.tell(trial, params["loss.lambda1"] - params["ksm.topk"] / 16)
         out.append(params)
     return out
@@ -468,9 +469,9 @@ def test_suggest_deterministic_and_honours_space(tmp_path):
 
 def test_suggest_passes_distributions_to_optuna(tmp_path):
     space = load_search_space(write(tmp_path, VALID))
-    study = optuna.create_study(sampler=make_sampler(space))
+    study = optuna.create_study(sampler=make_sampler(space.searcher, space.has_conditionals))
     trial = study.ask()
-    suggest(space, trial)
+    suggest(space.params, trial)
     dists = study.trials[0].distributions
     assert dists["loss.lambda1"] == optuna.distributions.FloatDistribution(0.1, 5.0, log=True)
     assert dists["ksm.topk"] == optuna.distributions.IntDistribution(4, 16, step=2)
@@ -482,7 +483,7 @@ def test_suggest_passes_distributions_to_optuna(tmp_path):
 def test_random_sampler_is_seeded(tmp_path):
     doc = dict(VALID, searcher={"sampler": "random", "seed": 5})
     space = load_search_space(write(tmp_path, doc))
-    assert isinstance(make_sampler(space), optuna.samplers.RandomSampler)
+    assert isinstance(make_sampler(space.searcher, False), optuna.samplers.RandomSampler)
     assert _run(space, 5) == _run(space, 5)
 
 
@@ -493,12 +494,6 @@ def test_nested_conditions():
     assert not p.active({"csr.contrast": True, "csr.reconstructor": "transformer"})
     assert not p.active({"csr.reconstructor": "gru"})  # inactive parent
     assert not p.active({"csr.contrast": 1, "csr.reconstructor": "gru"})  # 1 is not true
-
-
-def test_trial_config_rejects_bad_values(tmp_path):
-    space = load_search_space(write(tmp_path, VALID))
-    with pytest.raises(SearchSpaceError, match="x.yaml: trial .*csr.mask_ratio"):
-        trial_config(space, {"csr.mask_ratio": 2.0})
 
 
 # --------------------------------------------------------------------------- metrics
@@ -518,12 +513,14 @@ def test_reported_metrics_names():
 def test_reported_metrics_match_training(tmp_path, tiny_overrides):
     """A real (tiny) run: reports at iterations 2 (CSR still warming up) and 4."""
     from mllm4wtal.data.load import load_from_config
+    from mllm4wtal.inference.evaluate import ModelEvaluator
     from mllm4wtal.train.loop import train
 
     extra = ["dpid.warmup_iterations=2", "csr.contrast=true"]
     cfg = load_config("synthetic", tiny_overrides + extra)
     reports: list[set[str]] = []
-    train(cfg, load_from_config(cfg.data), tmp_path / "run",
+    data = load_from_config(cfg.data)
+    train(cfg, data, tmp_path / "run", evaluate=ModelEvaluator(cfg, data),
           report=lambda m, _: reports.append(set(m)), progress=False)
     assert len(reports) == 2
     base_terms = {"loss/norm", "loss/guide"}  # the MIL baseline's own, not sweep metrics
@@ -533,7 +530,34 @@ def test_reported_metrics_match_training(tmp_path, tiny_overrides):
     assert {"loss/csr_contrast", "loss/distill_ksm", "loss/focal"} <= reports[1]
 
 
+@pytest.mark.parametrize("warmup,names", [
+    (0, {"loss/csr", "loss/rec", "loss/distill_csr"}),  # a report without CSR terms
+    (1, {"loss/csr"}),  # CSR terms while the CSR side is still warming up
+])
+def test_dpid_refuses_a_report_loss_names_does_not_promise(tmp_path, tiny_overrides,
+                                                           monkeypatch, warmup, names):
+    """reported_metrics cannot drift from training: DPID checks every step's report against
+    train.dpid.loss_names, the function reported_metrics is built on."""
+    from mllm4wtal.data.load import load_from_config
+    from mllm4wtal.train import dpid
+    from mllm4wtal.train.loop import train
+
+    real = dpid.loss_names
+    if warmup == 0:
+        def fake(cfg, it):
+            return real(cfg, it) - names
+    else:
+        def fake(cfg, it):
+            return real(cfg, it) | names
+    monkeypatch.setattr(dpid, "loss_names", fake)
+    cfg = load_config("synthetic", tiny_overrides + ["train.iterations=1",
+                                                     f"dpid.warmup_iterations={warmup}"])
+    with pytest.raises(RuntimeError, match=r"DPID reported .* at iteration 0 but loss_names\(\) "
+                                           r"says .*; change the two together"):
+        train(cfg, load_from_config(cfg.data), tmp_path / "run", evaluate=None, progress=False)
+
+
 def test_module_does_not_import_ray():
-    code = ("import sys, mllm4wtal.sweep.spaces; "
+    code = ("import sys, mllm4wtal.sweep.spaces.search_space, mllm4wtal.sweep.study_file; "
             "sys.exit(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

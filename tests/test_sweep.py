@@ -17,18 +17,24 @@ import pytest
 import yaml
 from conftest import TINY
 from mllm4wtal.config import parse_override
+from mllm4wtal.errors import UserError
+from mllm4wtal.report.summary import write_sweep_summary
 from mllm4wtal.sweep import runner
 from mllm4wtal.sweep.search import load_study
 
+pytestmark = pytest.mark.slow  # minutes of Ray trials
+
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL = 8
+RUNGS = {2}  # ASHA's rungs below max_t: grace_period 2 x reduction_factor 4^k < TOTAL
 AVG = "map/avg_0.1-0.7"
 
 
 def space_file(tmp_path: Path, name: str, **changes) -> Path:
     overrides = dict(parse_override(o) for o in TINY)
     overrides.update({"train.iterations": TOTAL, "train.eval_interval": 2,
-                      "text.cache_dir": str(tmp_path / "cache")})
+                      "text.cache_dir": str(tmp_path / "cache"),
+                      "text.store": str(tmp_path / "missing.jsonl")})
     doc = {
         "name": name, "base": "synthetic", "overrides": overrides,
         # a tiny run's mAP barely moves in 8 iterations; its loss does, so ASHA can rank
@@ -37,15 +43,15 @@ def space_file(tmp_path: Path, name: str, **changes) -> Path:
             "loss.mu1": {"type": "float", "low": 0.1, "high": 5.0, "log": True},
             "train.lr": {"type": "float", "low": 1.0e-4, "high": 3.0e-3, "log": True},
             "ksm.prompt": {"type": "categorical", "choices": ["learnable", "handcraft"]},
-            # loc head off + inference from the loc head: the trial's training refuses it
+            # descriptions from a store that does not exist: the trial's training refuses it
             # at its start (a config the search-space validation does not catch)
-            "loc_head.enabled": {"type": "categorical", "choices": [True, False],
-                                 "when": {"ksm.prompt": "handcraft"}},
+            "text.backend": {"type": "categorical", "choices": ["template", "file"],
+                             "when": {"ksm.prompt": "handcraft"}},
         },
         "points_to_evaluate": [
             {"loss.mu1": 1.0, "train.lr": 5.0e-4, "ksm.prompt": "learnable"},
             {"loss.mu1": 1.0, "train.lr": 5.0e-4, "ksm.prompt": "handcraft",
-             "loc_head.enabled": False},
+             "text.backend": "file"},
             # L_match weighs the loc loss five times: worse than the first at the first rung
             {"loss.mu1": 5.0, "train.lr": 5.0e-4, "ksm.prompt": "learnable"},
         ],
@@ -83,11 +89,11 @@ def test_sweep_prunes_fails_and_logs(tmp_path, ray_session):
     runs = children(client, space)
     assert set(runs) == set(records)
     failed = {t for t, r in records.items() if r["status"] == "FAILED"}
-    bad_config = {t for t, r in records.items() if r["config"].get("loc_head.enabled") is False}
+    bad_config = {t for t, r in records.items() if r["config"].get("text.backend") == "file"}
     assert failed == bad_config and failed
     for t in failed:
         assert runs[t].info.status == "FAILED"
-        assert "loc_head.enabled = false" in runs[t].data.tags["error"]
+        assert "missing.jsonl' does not exist" in runs[t].data.tags["error"]
     # ASHA stopped at least one trial before the end; exactly those are PRUNED in Optuna
     pruned = {t for t, r in records.items() if r["pruned"]}
     assert pruned, "ASHA stopped no trial"
@@ -95,16 +101,24 @@ def test_sweep_prunes_fails_and_logs(tmp_path, ray_session):
         if t not in failed:
             assert runs[t].info.status == "FINISHED"
             assert runs[t].data.tags["pruned"] == ("true" if t in pruned else "false")
-            assert r["iterations"] == (r["iterations"] if t in pruned else TOTAL)
+            if t in pruned:  # stopped at a rung, and tagged with it
+                assert r["iterations"] in RUNGS
+                assert runs[t].data.tags["pruned_at_iteration"] == str(r["iterations"])
+            else:
+                assert r["iterations"] == TOTAL
+                assert "pruned_at_iteration" not in runs[t].data.tags
     study = load_study(space)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
     assert states.count(optuna.trial.TrialState.FAIL) == len(failed)
     assert states.count(optuna.trial.TrialState.COMPLETE) == 8 - len(pruned) - len(failed)
+    optuna_rungs = []
     for t in study.trials:
         if t.state == optuna.trial.TrialState.PRUNED:
             rung = t.user_attrs["pruned_at_iteration"]
             assert rung < TOTAL and max(t.intermediate_values) == rung
+            optuna_rungs.append(rung)
+    assert sorted(optuna_rungs) == sorted(records[t]["iterations"] for t in pruned)
     # parent / child structure, params = the flat training config, metric histories
     parent_id = json.loads((result.experiment_dir / "mlflow_parent_run.json").read_text())
     parent_id = parent_id.get("run_id", parent_id)
@@ -116,15 +130,23 @@ def test_sweep_prunes_fails_and_logs(tmp_path, ray_session):
         if t not in failed:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, AVG)]
             assert steps == list(range(2, records[t]["iterations"] + 1, 2))
-    # the summary on the parent run
-    summary = result.summary
-    assert summary["trial_iterations_used"] == sum(r["iterations"] for r in records.values())
+    assert result.parent_run_id == parent_id
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
+    # the summary (what `mllm4wtal sweep` writes next) in summary/ and on the parent run
+    summary = write_sweep_summary(space, result)
+    assert summary["trial_iterations_used"] == sum(r["iterations"] for r in records.values())
+    assert summary["n_pruned"] == len(pruned) and summary["n_failed"] == len(failed)
+    best = min((r for r in records.values() if r["metric"] is not None),
+               key=lambda r: (r["metric"], r["trial_id"]))
+    assert summary["best_trial_id"] == best["trial_id"]
+    assert (result.experiment_dir / "summary" / "summary.json").is_file()
     names = {a.path for a in client.list_artifacts(parent_id)}
     assert {"best_config.yaml", "top10.md", "parallel_coordinates.png"} <= names
+    assert client.get_run(parent_id).data.tags["best_trial_id"] == best["trial_id"]
     # a second start of the same sweep is refused, nothing overwritten
-    with pytest.raises(Exception, match="--resume"):
+    with pytest.raises(UserError, match=r"already holds the sweep 'small'; continue it with "
+                                        r"`mllm4wtal sweep --resume"):
         runner.claim(runner.load(space_file(tmp_path, "small"), []), [])
 
 

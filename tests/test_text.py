@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mllm4wtal.data.types import Video, WTALDataset
 from mllm4wtal.errors import UserError
-from mllm4wtal.text import masking, vectors
-from mllm4wtal.text.masking import mask_positions, mask_tokens, num_to_mask
+from mllm4wtal.text import vectors
+from mllm4wtal.text.masking import mask_positions, num_to_mask
 from mllm4wtal.text.prompts import P_COMPLETE, P_KEY, format_prompt, humanize
 from mllm4wtal.text.store import (
     DescriptionRecord,
@@ -384,64 +384,95 @@ def test_embedding_matrix(tmp_path):
 
 # ---------------------------------------------------------------- masking
 
-def test_mask_count_and_specials():
+def test_num_to_mask_rounds_half_up_and_checks_the_ratio():
     assert [num_to_mask(n, 1 / 3) for n in (1, 2, 3, 4, 5, 6, 7, 30)] == [
         1, 1, 1, 1, 2, 2, 2, 10]
     assert num_to_mask(3, 0.5) == 2  # halves round up (round(1.5) == 2, round(2.5) == 2)
     assert num_to_mask(5, 0.5) == 3
     assert num_to_mask(4, 0.0) == 1 and num_to_mask(0, 0.5) == 0
-    with pytest.raises(ValueError):
+    assert num_to_mask(1, 0.1) == 1  # at least one word of a sentence is masked
+    with pytest.raises(ValueError, match=r"mask ratio must be in \[0, 1\], got 1.5"):
         num_to_mask(3, 1.5)
+
+
+def test_mask_positions_count_order_and_errors():
     rng = np.random.default_rng(0)
-    ids = np.array([START, 10, 11, UNK, 12, 13, 14, 15, 16, 17, PAD, PAD])
+    is_key = np.array([True, False, False, True, False, False, False, False])
     for _ in range(200):
-        masked, pos = mask_tokens(ids, 1 / 3, key_word_ids={10}, rng=rng)
-        assert len(pos) == num_to_mask(8, 1 / 3) == 3  # 8 words: specials not counted
-        assert (masked[pos] == MASK).all()
-        keep = np.setdiff1d(np.arange(len(ids)), pos)
-        np.testing.assert_array_equal(masked[keep], ids[keep])
-        assert not np.isin(ids[pos], [START, UNK, PAD]).any()
-    masked, pos = mask_tokens(np.array([START, 42, PAD]), 0.1, set(), rng)
-    assert pos.tolist() == [1] and masked.tolist() == [START, MASK, PAD]  # at least one
-    masked, pos = mask_tokens(np.array([START, PAD]), 0.5, set(), rng)
-    assert pos.size == 0
+        pos = mask_positions(8, is_key, 1 / 3, 3.0, rng)
+        assert pos.dtype == np.int64 and len(pos) == num_to_mask(8, 1 / 3) == 3
+        assert pos.tolist() == sorted(set(pos.tolist())) and 0 <= pos.min() and pos.max() < 8
+    assert mask_positions(0, np.zeros(0, bool), 0.5, 3.0, rng).size == 0
+    assert mask_positions(1, np.zeros(1, bool), 0.1, 3.0, rng).tolist() == [0]
+    assert mask_positions(4, np.zeros(4, bool), 1.0, 3.0, rng).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="key_weight must be positive, got 0"):
+        mask_positions(4, np.zeros(4, bool), 0.5, 0, rng)
+    with pytest.raises(ValueError, match="is_key has 3 entries for 4 words"):
+        mask_positions(4, np.zeros(3, bool), 0.5, 3.0, rng)
 
 
 def test_key_words_masked_more_often_and_deterministic():
-    ids = np.arange(10, 22)  # 12 words
-    key, stop = {10, 15, 21}, {15}  # 15 is a key word but a stop word: no extra weight
-    counts = np.zeros(len(ids))
+    is_key = np.zeros(12, dtype=bool)
+    is_key[[0, 11]] = True
+    counts = np.zeros(12)
     rng = np.random.default_rng(1)
     draws = 3000
     for _ in range(draws):
-        _, pos = mask_tokens(ids, 1 / 3, key, rng, stop_ids=stop, key_weight=3.0)
-        counts[pos] += 1
+        counts[mask_positions(12, is_key, 1 / 3, 3.0, rng)] += 1
     rate = counts / draws
-    favoured = rate[[0, 11]]
-    plain = np.delete(rate, [0, 11])
+    favoured, plain = rate[is_key], rate[~is_key]
     # 4 of 12 masked; with weight 3 a key word is picked with rate ~0.6, others ~0.28
     assert favoured.min() > 0.5 and plain.max() < 0.36
     assert favoured.min() > 1.5 * plain.max()
-    assert abs(rate[5] - plain.mean()) < 0.05  # the stop word is not favoured
-    a = mask_tokens(ids, 1 / 3, key, np.random.default_rng(7), stop_ids=stop)
-    b = mask_tokens(ids, 1 / 3, key, np.random.default_rng(7), stop_ids=stop)
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
-    # the per-sentence form used by training agrees with the token form
-    is_key = np.isin(ids, list(key - stop))
-    np.testing.assert_array_equal(
-        mask_positions(len(ids), is_key, 1 / 3, masking.DEFAULT_KEY_WEIGHT,
-                       np.random.default_rng(7)), a[1])
+    counts[:] = 0  # weight 1: no preference
+    for _ in range(draws):
+        counts[mask_positions(12, is_key, 1 / 3, 1.0, rng)] += 1
+    assert np.abs(counts / draws - 4 / 12).max() < 0.05
+    a = mask_positions(12, is_key, 1 / 3, 3.0, np.random.default_rng(7))
+    b = mask_positions(12, is_key, 1 / 3, 3.0, np.random.default_rng(7))
+    np.testing.assert_array_equal(a, b)
+    others = {tuple(mask_positions(12, is_key, 1 / 3, 3.0, np.random.default_rng(s)))
+              for s in range(8, 20)}
+    assert len(others) > 1  # the draw depends on the generator state
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 30), min_size=0, max_size=40), st.floats(0.0, 1.0),
-       st.integers(0, 2**32 - 1))
-def test_masking_properties(tokens, ratio, seed):
-    ids = np.asarray(tokens, dtype=np.int64)
-    n_words = int((ids >= len(SPECIALS)).sum())
-    masked, pos = mask_tokens(ids, ratio, {5, 6}, np.random.default_rng(seed))
-    assert len(pos) == num_to_mask(n_words, ratio) and len(set(pos.tolist())) == len(pos)
-    assert (ids[pos] >= len(SPECIALS)).all() and (masked[pos] == MASK).all()
-    keep = np.setdiff1d(np.arange(len(ids)), pos)
-    np.testing.assert_array_equal(masked[keep], ids[keep])
+@given(st.lists(st.booleans(), min_size=0, max_size=40), st.floats(0.0, 1.0),
+       st.floats(1.0, 10.0), st.integers(0, 2**32 - 1))
+def test_masking_properties(is_key, ratio, key_weight, seed):
+    n = len(is_key)
+    pos = mask_positions(n, np.array(is_key, dtype=bool), ratio, key_weight,
+                         np.random.default_rng(seed))
+    assert len(pos) == num_to_mask(n, ratio) and len(set(pos.tolist())) == len(pos)
+    assert pos.tolist() == sorted(pos.tolist()) and all(0 <= i < n for i in pos.tolist())
+    again = mask_positions(n, np.array(is_key, dtype=bool), ratio, key_weight,
+                           np.random.default_rng(seed))
+    np.testing.assert_array_equal(pos, again)
+
+
+def test_bundle_key_words_are_class_and_key_words_without_stop_words(tiny_cfg):
+    """What training masks preferentially: the words of the class name and of the key
+    description, never a stop word ("and" of CleanAndJerk)."""
+    from mllm4wtal.text.bundle import build_text_bundle
+    from mllm4wtal.text.store import build_store
+    from mllm4wtal.text.vocab import is_stopword
+
+    ds = tiny_dataset(5)
+    bundle = build_text_bundle(tiny_cfg, ds)
+    records = build_store(ds)
+    assert set(bundle.complete) == {v.name for v in ds.train}
+    n_key = 0
+    for (video, cls), rec in sorted(records.items()):
+        sentences = bundle.complete[video]
+        labels = [c for (v, c) in sorted(records) if v == video]
+        s = sentences[labels.index(cls)]
+        words = bundle.vocab.decode(s.ids)
+        assert len(words) == len(s.is_key) and not {PAD, START, MASK} & set(s.ids.tolist())
+        allowed = {t for t in tokenize(humanize(cls)) + tokenize(rec.key) if not is_stopword(t)}
+        for word, key in zip(words, s.is_key.tolist(), strict=True):
+            assert key == (word in allowed), (video, cls, word)
+            n_key += key
+        if cls == "CleanAndJerk":
+            assert "and" in words and "jerk" in words
+            assert not s.is_key[words.index("and")] and s.is_key[words.index("jerk")]
+    assert n_key > 0

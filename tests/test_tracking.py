@@ -1,4 +1,6 @@
-"""MLflow side of sweeps: a real sqlite store, real Ray Tune in-process (one session)."""
+"""MLflow side of sweeps: a real sqlite store, real Ray Tune in-process (one session).
+
+The summary written from the tracked trials is tested in test_summary.py."""
 
 from __future__ import annotations
 
@@ -9,21 +11,14 @@ import sys
 from pathlib import Path
 
 import mlflow
-import optuna
 import pytest
 import ray
 from mlflow.utils.validation import _validate_metric_name
 from mllm4wtal.errors import UserError
-from mllm4wtal.sweep.tracking import (
-    PARENT_RUN_FILE,
-    MlflowTuneCallback,
-    SweepTracker,
-    gpu_accounting,
-    mlflow_name,
-    normalize_tracking_uri,
-    prepare_store,
-    write_summary,
-)
+from mllm4wtal.sweep.mlflow_names import mlflow_name
+from mllm4wtal.sweep.mlflow_store import normalize_tracking_uri, prepare_store
+from mllm4wtal.sweep.tracker import PARENT_RUN_FILE, SweepTracker
+from mllm4wtal.sweep.tune_callback import MlflowTuneCallback
 from ray import tune
 
 TOTAL = 4
@@ -269,75 +264,6 @@ def test_resume_reattaches_without_duplicates(sweep):
     assert third.parent_run_id == tracker.parent_run_id
     assert client.get_run(tracker.parent_run_id).info.status == "RUNNING"
     assert len(client.search_runs([tracker.experiment_id])) == 1 + len(PARAM_SPACE_ROWS)
-
-
-# ---------------------------------------------------------------------------------------------
-# the summary
-
-
-RECORDS = [  # total 100 iterations
-    {"trial_id": "a", "config": {"train.lr": 1e-4, "loss.kind": "x"}, "metric": 0.40,
-     "iterations": 100, "pruned": False, "status": "FINISHED", "wall_s": 1000.0, "gpus": 0.5},
-    {"trial_id": "b", "config": {"train.lr": 1e-3, "loss.kind": "y"}, "metric": 0.30,
-     "iterations": 25, "pruned": True, "status": "FINISHED", "wall_s": 300.0, "gpus": 0.5},
-    {"trial_id": "c", "config": {"train.lr": 3e-4, "loss.kind": "x"}, "metric": 0.45,
-     "iterations": 50, "pruned": True, "status": "FINISHED", "wall_s": 400.0, "gpus": 1.0},
-    {"trial_id": "d", "config": {"train.lr": 1e-2, "loss.kind": "y"}, "metric": None,
-     "iterations": 10, "pruned": False, "status": "FAILED", "wall_s": 60.0, "gpus": 0.5},
-]
-
-
-def test_gpu_accounting_by_hand():
-    got = gpu_accounting(RECORDS, 100)
-    assert got["gpu_hours_used"] == pytest.approx((500 + 150 + 400 + 30) / 3600)
-    # b: 300 s * 75/25 * 0.5 GPU = 450; c: 400 s * 50/50 * 1 GPU = 400
-    assert got["gpu_hours_saved_by_pruning"] == pytest.approx(850 / 3600)
-    assert got["trial_iterations_used"] == 185
-    assert got["trial_iterations_without_pruning"] == 310
-
-
-def _study(n: int) -> optuna.Study:
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True)
-                   + 0.01 * t.suggest_int("k", 1, 3), n_trials=n)
-    return study
-
-
-def test_write_summary(store, tmp_path):
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tracker = SweepTracker(tmp_path / "exp", "summary", store)
-    out = tmp_path / "summary"
-    summary = write_summary(tracker, _study(8), RECORDS, out, metric=AVG, mode="max",
-                            total_iterations=100, base="synthetic")
-    assert summary["best_trial_id"] == "c" and summary["best_value"] == 0.45
-    best = (out / "best_config.yaml").read_text()
-    assert best.startswith("# best trial c") and "base: synthetic" in best
-    assert "lr: 0.0003" in best
-    top = (out / "top10.md").read_text()
-    rows = [line for line in top.splitlines() if re.match(r"\| \d", line)]
-    assert [r.split(" | ")[1] for r in rows] == ["c", "a", "b"]  # d has no metric
-    assert f"`{AVG}` (max)" in top
-    imp = json.loads((out / "param_importances.json").read_text())
-    assert set(imp["importances"]) == {"lr", "k"}
-    assert (out / "parallel_coordinates.png").read_bytes()[:4] == b"\x89PNG"
-
-    client = tracker.client
-    parent = client.get_run(tracker.parent_run_id)
-    m = parent.data.metrics
-    assert m["gpu_hours_used"] == pytest.approx(0.3)
-    assert m["gpu_hours_saved_by_pruning"] == pytest.approx(850 / 3600)
-    assert m["trial_iterations_used"] == 185 and m["trial_iterations_without_pruning"] == 310
-    assert m[f"best/{AVG}"] == 0.45 and parent.data.tags["best_trial_id"] == "c"
-    assert {a.path for a in client.list_artifacts(tracker.parent_run_id)} >= {
-        "best_config.yaml", "top10.md", "param_importances.json", "parallel_coordinates.png"}
-
-    few = write_summary(tracker, _study(1), RECORDS[3:], tmp_path / "few", metric=AVG,
-                        mode="min", total_iterations=100)
-    assert few["best_trial_id"] is None
-    note = json.loads((tmp_path / "few" / "param_importances.json").read_text())
-    assert note["importances"] == {} and "at least 2" in note["note"]
-    assert "No trial reported" in (tmp_path / "few" / "top10.md").read_text()
 
 
 def test_callback_hooks_without_ray(store, tmp_path):

@@ -11,6 +11,7 @@ import torch
 from mllm4wtal.config import with_overrides
 from mllm4wtal.data.batching import TrainBatchSampler
 from mllm4wtal.errors import DivergenceError
+from mllm4wtal.inference.evaluate import ModelEvaluator
 from mllm4wtal.text.bundle import build_text_bundle
 from mllm4wtal.train.checkpoint import load_checkpoint
 from mllm4wtal.train.dpid import DPID
@@ -34,6 +35,10 @@ def snapshot(params):
 
 def changed(before, params):
     return [not torch.equal(b, p.detach()) for b, p in zip(before, params, strict=True)]
+
+
+def _train(cfg, data, run_dir, **kw):
+    return train(cfg, data, run_dir, evaluate=ModelEvaluator(cfg, data), progress=False, **kw)
 
 
 def test_phase1_leaves_csr_untouched_and_phase2_leaves_ksm_untouched(tiny_cfg, tiny_data):
@@ -73,11 +78,10 @@ def test_full_step_reports_every_term(tiny_cfg, tiny_data):
 
 
 def test_train_2n_equals_n_plus_resume_plus_n(tiny_cfg, tiny_data, tmp_path):
-    full = train(tiny_cfg, tiny_data, tmp_path / "full", progress=False)
+    full = _train(tiny_cfg, tiny_data, tmp_path / "full")
     half_cfg = with_overrides(tiny_cfg, {"train.iterations": 2})
-    train(half_cfg, tiny_data, tmp_path / "half", progress=False)
-    resumed = train(tiny_cfg, tiny_data, tmp_path / "half", resume=tmp_path / "half/last.pt",
-                    progress=False)
+    _train(half_cfg, tiny_data, tmp_path / "half")
+    resumed = _train(tiny_cfg, tiny_data, tmp_path / "half", resume=tmp_path / "half/last.pt")
     a = load_checkpoint(tmp_path / "full/last.pt")["model"]
     b = load_checkpoint(tmp_path / "half/last.pt")["model"]
     assert a.keys() == b.keys()
@@ -89,10 +93,10 @@ def test_train_2n_equals_n_plus_resume_plus_n(tiny_cfg, tiny_data, tmp_path):
 
 
 def test_resume_refuses_a_different_config(tiny_cfg, tiny_data, tmp_path):
-    train(tiny_cfg, tiny_data, tmp_path / "r", progress=False)
+    _train(tiny_cfg, tiny_data, tmp_path / "r")
     other = with_overrides(tiny_cfg, {"loss.lambda1": 0.5})
     with pytest.raises(ValueError, match="loss.lambda1"):
-        train(other, tiny_data, tmp_path / "r", resume=tmp_path / "r/last.pt", progress=False)
+        _train(other, tiny_data, tmp_path / "r", resume=tmp_path / "r/last.pt")
 
 
 @pytest.mark.parametrize("switch", [
@@ -103,11 +107,13 @@ def test_resume_refuses_a_different_config(tiny_cfg, tiny_data, tmp_path):
     {"csr.reconstructor": "lstm"},
     {"csr.contrast": True}, {"dpid.distill": "kl"}, {"dpid.distill": "mae"},
     {"dpid.distill": "share"}, {"dpid.distill": "none"}, {"dpid.distill": "ternary_kd"},
-    {"dpid.schedule": "joint"}, {"dpid.warmup_iterations": 1}, {"inference.source": "cas"},
+    {"dpid.schedule": "joint"}, {"dpid.schedule": "joint", "dpid.distill": "none"},
+    {"dpid.schedule": "joint", "dpid.distill": "share"}, {"dpid.warmup_iterations": 1},
+    {"inference.source": "cas"},
 ])
 def test_every_switch_trains(switch, tiny_cfg, tiny_data, tmp_path):
     cfg = with_overrides(tiny_cfg, switch)
-    result = train(cfg, tiny_data, tmp_path / "run", progress=False)
+    result = _train(cfg, tiny_data, tmp_path / "run")
     losses = {k: v for k, v in result.last_metrics.items() if k.startswith("loss/")}
     assert losses and all(math.isfinite(v) for v in losses.values())
     assert 0.0 <= result.best_metric <= 1.0
@@ -133,5 +139,5 @@ def test_divergence_names_iteration_and_term_and_keeps_checkpoint(tiny_cfg, tiny
 
     monkeypatch.setattr(DPID, "step", step)
     with pytest.raises(DivergenceError, match=r"iteration 2: loss term 'focal'.*last\.pt"):
-        train(tiny_cfg, tiny_data, tmp_path / "d", progress=False)
+        _train(tiny_cfg, tiny_data, tmp_path / "d")
     assert load_checkpoint(tmp_path / "d/last.pt")["iteration"] == 2

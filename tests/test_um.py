@@ -11,6 +11,7 @@ import torch
 from base_checks import all_losses, assert_padding_changes_nothing
 from mllm4wtal.config import load_config
 from mllm4wtal.data.load import load_from_config
+from mllm4wtal.inference.evaluate import ModelEvaluator
 from mllm4wtal.model.base import BaseOutput
 from mllm4wtal.model.mllm4wtal import BASES, MLLM4WTAL
 from mllm4wtal.model.um import UM, softmax_bce
@@ -208,7 +209,7 @@ def test_trains_through_the_loop(ksm, tiny_overrides, tmp_path):
     cfg = load_config("synthetic", tiny_overrides + ["model.base=um", f"ksm.enabled={ksm}"])
     data = load_from_config(cfg.data)
     run = tmp_path / "run"
-    train(cfg, data, run, progress=False)
+    train(cfg, data, run, evaluate=ModelEvaluator(cfg, data), progress=False)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows
     for row in rows:

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from mllm4wtal.config import load_config
 from mllm4wtal.data.load import load_from_config
+from mllm4wtal.inference.evaluate import ModelEvaluator, evaluate_model, primary_metric
 from mllm4wtal.report.stats import summarize
 from mllm4wtal.text.bundle import build_text_bundle
-from mllm4wtal.train.evaluate import evaluate_model, primary_metric
 from mllm4wtal.train.loop import build_model, seed_everything, train
 
 VARIANTS = {
@@ -62,7 +62,8 @@ def main() -> None:
                 cfg = load_config("synthetic", common + extra)
                 data = load_from_config(cfg.data)
                 t0 = time.perf_counter()
-                res = train(cfg, data, Path(tmp) / f"{name}-{seed}", progress=False)
+                res = train(cfg, data, Path(tmp) / f"{name}-{seed}",
+                            evaluate=ModelEvaluator(cfg, data), progress=False)
                 last = res.last_metrics[primary_metric(cfg)]
                 rows.setdefault(name, []).append((res.best_metric, last,
                                                   time.perf_counter() - t0))

@@ -8,7 +8,7 @@ from .batching import (
     sample_indices,
     sample_snippets,
 )
-from .features import FORMATS, load_dataset, load_packed, load_per_video, pack, read_json_gt
+from .features import load_packed, load_per_video, pack, read_json_gt
 from .info import dataset_info
 from .types import Segment, Video, WTALDataset
 from .unpickle import UnsafeFileError, decode_strings, load_npy
@@ -18,7 +18,6 @@ from .wtal_format import infer_subsets, load_wtal, read_annotation_dir, save_wta
 __all__ = [
     "DataError",
     "DataWarning",
-    "FORMATS",
     "Segment",
     "TrainBatchSampler",
     "UnsafeFileError",
@@ -28,7 +27,6 @@ __all__ = [
     "decode_strings",
     "infer_subsets",
     "iter_test_videos",
-    "load_dataset",
     "load_npy",
     "load_packed",
     "load_per_video",

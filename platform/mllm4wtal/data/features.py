@@ -1,4 +1,4 @@
-"""Per-video feature directories, the packed memory-mapped format, and format dispatch.
+"""Per-video feature directories and the packed memory-mapped format.
 
 Per-video layout (BaSNet / UM style)::
 
@@ -31,7 +31,6 @@ from .wtal_format import (
     Annotations,
     build_dataset,
     infer_subsets,
-    load_wtal,
     read_annotation_dir,
 )
 
@@ -42,8 +41,6 @@ __all__ = [
     "load_per_video",
     "pack",
     "load_packed",
-    "load_dataset",
-    "FORMATS",
 ]
 
 PACKED_FORMAT = "mllm4wtal-packed"
@@ -369,25 +366,3 @@ def load_packed(
     )
     return validate_dataset(ds, source=str(d), expected_dim=expected_dim, finite=check_finite,
                             strict_segments=strict_segments)
-
-
-# --------------------------------------------------------------------------- dispatch
-
-FORMATS = ("wtal", "per_video", "packed")
-
-
-def load_dataset(format: str, root: str, name: str, **kw: Any) -> WTALDataset:
-    """Load by format name: ``"wtal"`` (:func:`load_wtal`), ``"per_video"``
-    (:func:`load_per_video`) or ``"packed"`` (:func:`load_packed` on ``<root>/<name>``, or
-    ``root`` itself when ``name`` is empty). Extra keywords go to the loader.
-    """
-    if format == "wtal":
-        return load_wtal(root, name, **kw)
-    if format == "per_video":
-        return load_per_video(root, name or None, **kw)
-    if format == "packed":
-        return load_packed(Path(root) / name if name else Path(root), **kw)
-    raise DataError(
-        f"unknown dataset format {format!r}. Fix: use one of {', '.join(FORMATS)} "
-        "(or 'synthetic')."
-    )

@@ -24,12 +24,12 @@ region, class) and the prototypes, for tests and diagnostics. Knobs: the fields 
 from __future__ import annotations
 
 import hashlib
-import math
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from mllm4wtal.config import SyntheticConfig
+from mllm4wtal.config.schema import footprint
 from mllm4wtal.data.types import Segment, Video, WTALDataset
 
 FRAMES_PER_SNIPPET = 16
@@ -83,88 +83,6 @@ CLASS_TABLE: dict[str, tuple[str, str, str, list[str], list[str]]] = {
     "VolleyballSpiking": ("sprint", "spike", "landing", ["jump", "spike", "smash"],
                           ["ball", "net", "court"]),
 }
-
-
-def _f(default: Any, help: str, **meta: Any) -> Any:
-    """A config leaf with the metadata the config system validates and documents."""
-    return field(default=default, metadata={"help": help, **meta})
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Knobs of the synthetic benchmark (``data.synthetic.*``); defaults are THUMOS-shaped."""
-
-    seed: int = _f(0, "generator seed: same seed and knobs give byte-identical data",
-                   min=0, max=2**63 - 1)
-    num_classes: int = _f(20, "classes: the first N of a THUMOS-like table, generic ones beyond",
-                          min=2, max=200)
-    train_videos: int = _f(200, "videos of the training subset ('validation')", min=2,
-                           max=100_000)
-    test_videos: int = _f(200, "videos of the test subset ('test')", min=1, max=100_000)
-    rgb_dim: int = _f(64, "width of the RGB (appearance) stream; THUMOS I3D has 1024",
-                      min=4, max=4096)
-    flow_dim: int = _f(64, "width of the flow (motion) stream; THUMOS I3D has 1024",
-                       min=4, max=4096)
-    fps: float = _f(25.0, "frame rate; a snippet is 16 frames", min=1.0, max=240.0)
-    min_len: int = _f(64, "shortest video, snippets", min=16, max=100_000)
-    max_len: int = _f(320, "longest video, snippets", min=16, max=100_000)
-    max_instances: int = _f(6, "instances of a class per video: uniform in 1..this (fewer if "
-                            "the video is too short)", min=1, max=50)
-    second_class_prob: float = _f(0.2, "chance that a video holds a second class",
-                                  min=0.0, max=1.0)
-    min_instance_len: int = _f(4, "shortest instance, snippets", min=3, max=10_000)
-    max_instance_len: int = _f(30, "longest instance, snippets", min=3, max=10_000)
-    core_share: float = _f(0.4, "mean share of an instance taken by its class-specific core "
-                           "(the rest splits into approach and follow-through)",
-                           min=0.1, max=1.0)
-    core_strength: float = _f(1.0, "amplitude of the core sub-action (motion; appearance half)",
-                              min=0.0, max=10.0)
-    phase_strength: float = _f(0.6, "amplitude of approach / follow-through: weaker than the "
-                               "core -> incomplete localisation", min=0.0, max=10.0)
-    shared_subactions: bool = _f(True, "approach / follow-through prototypes are shared by the "
-                                 "classes that name the same phase (False: all class-specific)",
-                                 choices=[True, False])
-    scene_strength: float = _f(0.8, "amplitude of the class scene in the RGB stream, over the "
-                               "instance and its context", min=0.0, max=10.0)
-    context_len: int = _f(6, "snippets of scene context (RGB only, no motion) on each side of "
-                          "an instance -> over-complete localisation", min=0, max=256)
-    clutter_strength: float = _f(0.5, "amplitude of generic background scene (RGB); camera "
-                                 "motion (flow) gets half", min=0.0, max=10.0)
-    hard_negative_prob: float = _f(0.2, "chance per video of one unannotated hard negative: a "
-                                   "shared sub-action in the class scene without its core",
-                                   min=0.0, max=1.0)
-    amplitude_jitter: float = _f(0.3, "relative per-instance / per-video amplitude spread "
-                                 "(uniform in 1 +- this)", min=0.0, max=0.9)
-    noise: float = _f(0.45, "std of Gaussian noise per feature (prototypes have norm 1)",
-                      min=0.0, max=10.0)
-    smoothing: int = _f(3, "temporal moving-average window, I3D-like (1 = none)", min=1, max=15)
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            v, meta = getattr(self, f.name), f.metadata
-            name = f"synthetic.{f.name}"
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"{name} = {v!r} is not a finite number")
-            if "choices" in meta and v not in meta["choices"]:
-                raise ValueError(f"{name} = {v!r} is not one of {meta['choices']}")
-            if ("min" in meta and v < meta["min"]) or ("max" in meta and v > meta["max"]):
-                raise ValueError(f"{name} = {v!r} is outside [{meta.get('min')}, "
-                                 f"{meta.get('max')}]")
-        if self.min_len > self.max_len:
-            raise ValueError(f"synthetic.min_len = {self.min_len} exceeds synthetic.max_len = "
-                             f"{self.max_len}")
-        if self.min_instance_len > self.max_instance_len:
-            raise ValueError(f"synthetic.min_instance_len = {self.min_instance_len} exceeds "
-                             f"synthetic.max_instance_len = {self.max_instance_len}")
-        need = _footprint(self.max_instance_len, self.context_len)
-        if need > self.min_len:
-            raise ValueError(f"synthetic.min_len = {self.min_len} is too short for one instance "
-                             f"of max_instance_len with its context: need >= {need}")
-
-
-def _footprint(length: int, context_len: int) -> int:
-    """Snippets an item occupies: itself, its context, one background snippet each side."""
-    return length + 2 * context_len + 2
 
 
 def class_table(num_classes: int) -> dict[str, tuple[str, str, str, list[str], list[str]]]:
@@ -282,7 +200,7 @@ def _draw_items(cfg: SyntheticConfig, rng: np.random.Generator, length: int,
                     negative=True)
 
     def fits(items: list[_Item]) -> bool:
-        return sum(_footprint(it.length, cfg.context_len) for it in items) <= length
+        return sum(footprint(it.length, cfg.context_len) for it in items) <= length
 
     # too crowded: drop the hard negative, then instances of the longest list; a second
     # class goes only when it is down to nothing. __post_init__ guarantees one instance fits.
@@ -316,7 +234,7 @@ def _video(cfg: SyntheticConfig, protos: Prototypes, rng: np.random.Generator
            ) -> tuple[np.ndarray, list[tuple[int, int, int]], SnippetLayout]:
     t = int(rng.integers(cfg.min_len, cfg.max_len + 1))
     items = _draw_items(cfg, rng, t, len(protos.scene))
-    offsets = _place(rng, t, [_footprint(it.length, cfg.context_len) for it in items])
+    offsets = _place(rng, t, [footprint(it.length, cfg.context_len) for it in items])
     assert offsets is not None  # _draw_items made them fit
 
     layout = SnippetLayout(region=np.zeros(t, np.int8), phase=np.full(t, -1, np.int16),

@@ -75,9 +75,6 @@ class WTALDataset:
     def snippet_to_seconds(self, snippet: float | np.ndarray, fps: float) -> float | np.ndarray:
         return snippet * self.frames_per_snippet / fps
 
-    def seconds_to_snippet(self, seconds: float | np.ndarray, fps: float) -> float | np.ndarray:
-        return seconds * fps / self.frames_per_snippet
-
     def ground_truth(self, subset: str | None = None) -> dict:
         """Ground truth in the ActivityNet JSON layout (``database``), seconds."""
         database = {}

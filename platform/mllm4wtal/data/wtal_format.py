@@ -369,3 +369,28 @@ def save_wtal(dataset: WTALDataset, root: str | os.PathLike[str], name: str) -> 
                 for start, end in spans:
                     fh.write(f"{vname} {start!r} {end!r}\n")
     return feature_file(root, name)
+
+
+def load_annotations_only(
+    ann_dir: str | os.PathLike[str],
+    name: str,
+    *,
+    train_subset: str | None = None,
+    test_subset: str | None = None,
+    fps: float = 25.0,
+) -> WTALDataset:
+    """The dataset of a ``<name>-Annotations`` directory without its features: names,
+    subsets, labels, segments and durations; each video's features are an empty (0, 0)
+    array. For jobs that need the labels only (``mllm4wtal describe``): THUMOS14's features
+    are gigabytes. Not a dataset to train on (no features, so not feature-validated)."""
+    ann = read_annotation_dir(ann_dir)
+    train, test = infer_subsets(ann.subsets, train_subset, test_subset, source=ann.source)
+    empty = np.zeros((0, 0), dtype=np.float32)
+    videos = [
+        Video(name=n, subset=s, features=empty, labels=lab, segments=seg,
+              duration=float(d or 0.0), fps=float(fps))
+        for n, s, lab, seg, d in zip(ann.names, ann.subsets, ann.labels, ann.segments,
+                                     ann.durations, strict=True)
+    ]
+    return WTALDataset(name=name, classes=list(ann.classes), videos=videos, train_subset=train,
+                       test_subset=test, rgb_dim=0, ambiguous=dict(ann.ambiguous))

@@ -2,7 +2,6 @@
 
 from mllm4wtal.inference.nms import soft_nms
 from mllm4wtal.inference.proposals import (
-    Proposal,
     ProposalConfig,
     contiguous_runs,
     generate_proposals,
@@ -12,6 +11,7 @@ from mllm4wtal.inference.proposals import (
     select_classes,
     video_level_scores,
 )
+from mllm4wtal.inference.segments import Proposal
 
 __all__ = [
     "Proposal", "ProposalConfig", "contiguous_runs", "generate_proposals", "outer_inner_score",

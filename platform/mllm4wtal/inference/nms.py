@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from mllm4wtal.inference.proposals import Proposal
+from mllm4wtal.inference.segments import Proposal
 
 
 def soft_nms(proposals: list[Proposal], sigma: float, min_score: float = -np.inf
@@ -15,8 +12,6 @@ def soft_nms(proposals: list[Proposal], sigma: float, min_score: float = -np.inf
     """Repeatedly keep the best proposal and decay the others of its class by
     exp(-tIoU^2 / sigma); proposals decayed below ``min_score`` (none by default) are
     dropped."""
-    from mllm4wtal.inference.proposals import Proposal
-
     if not proposals:
         return []
     labels = np.array([p.label for p in proposals])

@@ -20,14 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mllm4wtal.inference.nms import soft_nms
-
-
-@dataclass(frozen=True)
-class Proposal:
-    label: int
-    start: float  # seconds
-    end: float
-    score: float
+from mllm4wtal.inference.segments import Proposal
 
 
 @dataclass(frozen=True)

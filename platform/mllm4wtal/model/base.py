@@ -10,7 +10,7 @@ A base model turns snippet features F (B, T, D) into
 ``aux_losses`` gets the class activation actually used (the conv head's, or KSM's
 similarity M when KSM replaces the head), the multi-hot labels (B, C), the padding mask
 (B, T) and the top-k divisor (k = max(1, T_valid // topk)), and returns the base's own
-losses beyond the top-k MIL loss, which is shared (``train/losses.py``). Bases are
+losses beyond the top-k MIL loss, which is shared (``model/losses.py``). Bases are
 interchangeable under KSM and CSR; ``BASES`` maps config names to constructors.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mllm4wtal.train.losses import masked_mean
+from mllm4wtal.model.losses import masked_mean
 
 
 @dataclass

@@ -45,7 +45,7 @@ from mllm4wtal.model.base import (
     conv1d,
     guide_loss,
 )
-from mllm4wtal.train.losses import EPS, masked_mean
+from mllm4wtal.model.losses import EPS, masked_mean
 
 
 def kaiming_init(module: nn.Module) -> None:

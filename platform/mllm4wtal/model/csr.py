@@ -11,7 +11,8 @@ without touching the KSM side). A masked complete description is embedded by wor
 - ``gru`` / ``lstm``: bidirectional recurrent encoder over A_CSR * F_complete and
   recurrent text decoder, with the same A_CSR-weighted cross-attention;
 
-then FC to the vocabulary (eq. 16); L_CSR is the NLL of the masked words (eq. 17).
+then FC to the vocabulary (eq. 16); L_CSR is the NLL of the masked words (eq. 17,
+``model.losses.masked_word_nll``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mllm4wtal.model.base import Attention
@@ -165,11 +165,3 @@ class CSR(nn.Module):
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
                                                   total_length=x.shape[1])
         return out
-
-
-def masked_word_nll(logits: Tensor, targets: Tensor, masked: Tensor) -> Tensor:
-    """NLL of the masked words (eq. 17), averaged over each sentence's masked words -> (B,)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    nll = -logp.gather(-1, targets[..., None]).squeeze(-1)
-    m = masked.to(nll.dtype)
-    return (nll * m).sum(1) / m.sum(1).clamp_min(1)

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from mllm4wtal.model.base import BaseOutput
 from mllm4wtal.model.co2net import CO2Net, suppress_with_min
-from mllm4wtal.train.losses import EPS, masked_mean, topk_k
+from mllm4wtal.model.losses import EPS, masked_mean, topk_k
 
 
 class DELU(CO2Net):

@@ -11,13 +11,13 @@ Matching: M = s <F_e / |F_e|, F_query / |F_query|> (inner products of unit vecto
 learnable scale s, initialised to 10, as CLIP-style matching does: raw inner products of
 fresh embeddings are too small to train the MIL losses at the paper's learning rate); the
 background query is not normalised so that it can start at zero. M_hat = A_KSM * M. The
-loss (eq. 6-10) is ``train.losses.ksm_loss``.
+loss (eq. 6-10) is ``model.losses.ksm_loss``.
 
 ``prompt``: ``learnable`` context vectors shared by all classes (CoOp's unified context,
 as the paper), ``class_specific``: one learnable context per class (CoOp's CSC; it lets
 the queries of classes whose descriptions share words, GolfSwing / TennisSwing at cos
 0.96, move apart), or ``handcraft``: the fixed word vectors of a hand-written prompt
-("a video of a person").
+(``text.tensors.HANDCRAFT_PROMPT``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-HANDCRAFT_PROMPT = "a video of a person"
 
 
 class KSM(nn.Module):

@@ -14,14 +14,12 @@ class logits vs the video labels). At inference only the video branch and this h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mllm4wtal.model.base import conv1d
-from mllm4wtal.train.losses import diou_loss_1d, sigmoid_focal_loss, topk_mean
+from mllm4wtal.model.losses import PseudoLabels
 
 
 class LocHead(nn.Module):
@@ -38,14 +36,6 @@ class LocHead(nn.Module):
         logits = self.cls(h).transpose(1, 2)
         dist = F.softplus(self.reg(h)).transpose(1, 2)
         return logits, dist
-
-
-@dataclass
-class PseudoLabels:
-    targets: Tensor  # (B, T, C) 1 for foreground of class c
-    weight: Tensor  # (B, T) 1 where the snippet is labelled (foreground or background)
-    fg: Tensor  # (B, T) bool, foreground of any class
-    dist: Tensor  # (B, T, 2) distances to the pseudo segment's start / end (fg only)
 
 
 def _run_bounds(fg: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,14 +65,3 @@ def pseudo_labels(attention: Tensor, class_prob: Tensor, labels: Tensor, mask: T
     dist = torch.stack([idx - start + 0.5, end - idx - 0.5], dim=-1).to(attention.dtype)
     return PseudoLabels(targets=fg_c.to(attention.dtype), weight=(fg | bg).to(attention.dtype),
                         fg=fg, dist=dist)
-
-
-def loc_loss(logits: Tensor, dist: Tensor, pl: PseudoLabels, labels: Tensor, mask: Tensor,
-             topk: int, alpha: float, gamma: float) -> dict[str, Tensor]:
-    """L_loc = focal + DIoU + MIL (eq. 18)."""
-    video = topk_mean(logits, mask, topk)
-    return {
-        "focal": sigmoid_focal_loss(logits, pl.targets, pl.weight, alpha, gamma),
-        "diou": diou_loss_1d(dist[pl.fg], pl.dist[pl.fg]),
-        "loc_mil": F.binary_cross_entropy_with_logits(video, labels),
-    }

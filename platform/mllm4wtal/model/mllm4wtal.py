@@ -25,22 +25,10 @@ from mllm4wtal.model.delu import DELU
 from mllm4wtal.model.ksm import KSM
 from mllm4wtal.model.loc_head import LocHead
 from mllm4wtal.model.um import UM
+from mllm4wtal.text.tensors import PAD_ID, TextTensors
 
 BASES: dict[str, type[BaseWTAL]] = {"mil": MILBaseline, "co2net": CO2Net, "delu": DELU,
                                      "um": UM}
-
-PAD_ID = 0
-
-
-@dataclass
-class TextTensors:
-    """What the model needs of the text layer (see ``text.bundle``)."""
-
-    word_vectors: Tensor  # (V, d) float32, row PAD_ID is zero
-    key_ids: Tensor  # (C, K, L) long, PAD_ID-padded key descriptions per class
-    key_count: Tensor  # (C,) long, number of key descriptions per class
-    handcraft_ids: Tensor  # (P,) long, the hand-written prompt's token ids
-
 
 @dataclass
 class VideoOutput:

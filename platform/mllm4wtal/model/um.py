@@ -44,7 +44,7 @@ Mapping onto the base-model interface (``base.py``):
 - ``cas`` (C+1 logits, background last): the reference classifier has C outputs and models
   background only through the uniform target of ``be`` (the ``C + 1`` in its comment is a
   leftover of BaS-Net). Our classifier gets one more bias-free output column, the
-  background logit, learned only by the shared top-k MIL (``train/losses.py::ksm_loss``:
+  background logit, learned only by the shared top-k MIL (``model/losses.py::ksm_loss``:
   background 1 in the plain branch, 0 in the attention-suppressed one); UM's own losses
   read the C action columns only. With KSM on, the ``cas`` given to ``aux_losses`` is KSM's
   similarity M and UM's losses are taken on its action columns.
@@ -75,7 +75,7 @@ from torch import Tensor, nn
 
 from mllm4wtal.model.base import BaseOutput, BaseWTAL, conv1d
 from mllm4wtal.model.delu import attention_topk_mean
-from mllm4wtal.train.losses import EPS, masked_mean, topk_mean
+from mllm4wtal.model.losses import EPS, masked_mean, topk_mean
 
 REF_HIDDEN, REF_MARGIN, REF_ALPHA = 2048, 100.0, 0.0005
 

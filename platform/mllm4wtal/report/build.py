@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mllm4wtal.report.collect import ExperimentData, read_experiment
-from mllm4wtal.report.plots import plot_map_curves, plot_sweep, plot_timelines
+from mllm4wtal.report.plots import plot_map_curves, plot_timelines
+from mllm4wtal.report.sweep_plots import plot_sweep
 from mllm4wtal.report.tables import Table, build_table, to_csv, to_latex, to_markdown
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,7 @@ def make_report(experiment: str, tracking_uri: str | None = None,
         files += timelines
         notes += more
     if data.kind == "sweep":
-        sweep_files, _ = plot_sweep(data, out)
-        files += sweep_files
+        files += plot_sweep(data, out)
     report = Report(out_dir=out, data=data, table=table, markdown=markdown, files=files,
                     notes=notes)
     if log and data.parent_run_id is not None:

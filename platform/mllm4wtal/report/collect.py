@@ -19,10 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mllm4wtal.errors import UserError
+import mlflow
 
-ROLE_TAG = "mllm4wtal.role"
-PARENT_TAG = "mlflow.parentRunId"
+from mllm4wtal.config import did_you_mean
+from mllm4wtal.errors import UserError
+from mllm4wtal.sweep.ablate import STUDY_JSON
+from mllm4wtal.sweep.mlflow_store import normalize_tracking_uri, search_runs
+from mllm4wtal.sweep.mlflow_tags import (
+    PARENT_TAG,
+    PRUNED_TAG,
+    ROLE_PARENT,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    SEED_TAG,
+    STUDY_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    VARIANT_TAG,
+)
+
 DEFAULT_STORES = ("sweeps/mlflow.db",)
 _TIOU_RE = re.compile(r"^map/([0-9]+(?:\.[0-9]+)?)$")
 
@@ -104,8 +119,6 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
     ``mlflow.db``), else ``$MLFLOW_TRACKING_URI``, else ``./sweeps/mlflow.db`` (where
     ``sweep`` and ``ablate`` put it by default). A local store that does not exist is an
     error, not a new empty store."""
-    from mllm4wtal.sweep.tracking import normalize_tracking_uri
-
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         for candidate in DEFAULT_STORES:
@@ -125,20 +138,8 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
     return uri
 
 
-def _all_runs(client: Any, experiment_id: str) -> list[Any]:
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000,
-                                  order_by=["attributes.start_time ASC"], page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _seed(run: Any) -> int | None:
-    raw = run.data.tags.get("seed", run.data.params.get("train.seed"))
+    raw = run.data.tags.get(SEED_TAG, run.data.params.get("train.seed"))
     try:
         return int(raw) if raw is not None else None
     except ValueError:
@@ -150,23 +151,17 @@ def read_experiment(name: str, tracking_uri: str | None = None, study: str | Non
     """Every trial run of the MLflow experiment ``name`` and what the report needs besides.
 
     ``study`` picks one study when the experiment holds runs of several."""
-    import mlflow
-
-    from mllm4wtal.sweep.ablate import STUDY_JSON, STUDY_TAG, VARIANT_TAG
-
     uri = resolve_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        from mllm4wtal.config import did_you_mean
-
         raise UserError(f"MLflow store {uri} has no experiment '{name}'"
                         f"{did_you_mean(name, names)} (experiments: {', '.join(names)})")
-    runs = _all_runs(client, exp.experiment_id)
-    children = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"
-                or (PARENT_TAG in r.data.tags and r.data.tags.get(ROLE_TAG) != "parent")]
-    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "parent"]
+    runs = search_runs(client, exp.experiment_id)
+    children = [r for r in runs if r.data.tags.get(ROLE_TAG) == ROLE_TRIAL
+                or (PARENT_TAG in r.data.tags and r.data.tags.get(ROLE_TAG) != ROLE_PARENT)]
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == ROLE_PARENT]
     if not children:
         raise UserError(f"experiment '{name}' in {uri} has no trial runs (made by "
                         "`mllm4wtal ablate` or `mllm4wtal sweep`); nothing to report")
@@ -188,17 +183,17 @@ def read_experiment(name: str, tracking_uri: str | None = None, study: str | Non
         children = [r for r in children if r.data.tags.get(STUDY_TAG) == title]
         parents = [p for p in parents if p.data.tags.get(STUDY_TAG) == title]
     elif parents:
-        title = parents[-1].data.tags.get("sweep", name)
+        title = parents[-1].data.tags.get(SWEEP_TAG, name)
     parent = parents[-1] if parents else None
     data = ExperimentData(
         name=name, experiment_id=exp.experiment_id, tracking_uri=uri, kind=kind, title=title,
         study=None, parent_run_id=parent.info.run_id if parent else None,
         parent_tags=dict(parent.data.tags) if parent else {},
         runs=[RunInfo(run_id=r.info.run_id,
-                      trial_id=r.data.tags.get("trial_id", r.info.run_name or r.info.run_id),
+                      trial_id=r.data.tags.get(TRIAL_TAG, r.info.run_name or r.info.run_id),
                       variant=r.data.tags.get(VARIANT_TAG) if kind == "ablation" else None,
                       seed=_seed(r), status=r.info.status,
-                      pruned=r.data.tags.get("pruned") == "true",
+                      pruned=r.data.tags.get(PRUNED_TAG) == "true",
                       start_time=int(r.info.start_time or 0), params=dict(r.data.params),
                       metrics={k: float(v) for k, v in r.data.metrics.items()
                                if v is not None and math.isfinite(float(v))},

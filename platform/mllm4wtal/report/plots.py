@@ -6,14 +6,13 @@ display needed).
 - ``timeline_<video>.png``: figure 3 of MLLM4WTAL for one test video: the ground truth, then
   for each row its actionness of the video's class and its proposals of that class (one
   run of the row: the checkpoint ``best.pt`` and the ``predictions.json`` it wrote).
-- sweeps: ``parallel_coordinates.png`` and ``param_importances.png`` (with the JSON), from
-  the helpers of ``sweep.tracking``.
+
+The plots of a sweep are in ``report.sweep_plots``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +118,7 @@ def snippet_actionness(model: Any, cfg: Any, video: Any, cls: int, device: Any) 
     class probability, or the attention with ``inference.source: cas``)."""
     import torch
 
-    from mllm4wtal.train.evaluate import snippet_scores
+    from mllm4wtal.inference.evaluate import snippet_scores
 
     feats = torch.as_tensor(np.asarray(video.features, dtype=np.float32))[None].to(device)
     mask = torch.ones(1, feats.shape[1], dtype=torch.bool, device=device)
@@ -213,7 +212,7 @@ def plot_timelines(data: ExperimentData, table: Table, out_dir: Path, n_videos: 
     out and why)."""
     import tempfile
 
-    from mllm4wtal.train.evaluate import load_checkpoint_model
+    from mllm4wtal.inference.evaluate import load_checkpoint_model
 
     notes: list[str] = []
     rows = [r for r in table.rows if r.runs][:max_rows]
@@ -264,111 +263,5 @@ def plot_timelines(data: ExperimentData, table: Table, out_dir: Path, n_videos: 
     return files, notes
 
 
-# --------------------------------------------------------------------------- sweeps
-
-
-def _typed(value: str) -> Any:
-    if value in ("True", "False", "true", "false"):
-        return value in ("True", "true")
-    try:
-        f = float(value)
-    except ValueError:
-        return value
-    return int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
-
-
-def sweep_records(data: ExperimentData, metric: str, mode: str) -> list[dict[str, Any]]:
-    """Every trial of a sweep as ``sweep.tracking`` records: the varying params as config,
-    the best value of ``metric`` over its evaluations."""
-    from mllm4wtal.report.tables import _varying
-
-    keys = _varying(data.runs)
-    out = []
-    for r in data.runs:
-        hist = [v for _, v in data.history(r.run_id, metric)] if metric in r.metrics else []
-        best = (max(hist) if mode == "max" else min(hist)) if hist else None
-        out.append({"trial_id": r.trial_id, "config": {k: _typed(r.params[k]) for k in keys
-                                                       if k in r.params},
-                    "metric": best, "pruned": r.pruned, "status": r.status,
-                    "iterations": int(r.metrics.get("iteration", 0))})
-    return out
-
-
-def sweep_study(data: ExperimentData, records: list[dict[str, Any]], mode: str) -> Any:
-    """The sweep's Optuna study (``<sweep_dir>/optuna.db``) when it is reachable, else one
-    rebuilt from the MLflow trials (distributions spanning the values seen)."""
-    import optuna
-
-    sweep_dir = data.parent_tags.get("sweep_dir")
-    name = data.parent_tags.get("sweep")
-    if sweep_dir and name and (Path(sweep_dir) / "optuna.db").is_file():
-        try:
-            return optuna.load_study(study_name=name,
-                                     storage=f"sqlite:///{Path(sweep_dir) / 'optuna.db'}")
-        except (KeyError, ValueError):
-            pass
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    keys = sorted({k for r in records for k in r["config"]})
-    dists: dict[str, Any] = {}
-    for k in keys:
-        vals = [r["config"][k] for r in records if k in r["config"]]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
-            lo, hi = float(min(vals)), float(max(vals))
-            dists[k] = optuna.distributions.FloatDistribution(lo, hi if hi > lo else lo + 1.0)
-        else:
-            dists[k] = optuna.distributions.CategoricalDistribution(
-                sorted({str(v) for v in vals}))
-    for r in records:
-        if r["metric"] is None or not math.isfinite(r["metric"]) or r["pruned"]:
-            continue
-        params = {k: (float(v) if isinstance(dists[k], optuna.distributions.FloatDistribution)
-                      else str(v)) for k, v in r["config"].items() if k in dists}
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: dists[k] for k in params}, value=r["metric"]))
-    return study
-
-
-def plot_importances(importances: dict[str, Any], path: Path) -> Path:
-    imp = importances.get("importances") or {}
-    fig = _figure(6.5, 0.6 + 0.35 * max(1, len(imp)) + 0.8)
-    ax = fig.add_subplot(1, 1, 1)
-    if imp:
-        names = list(imp)[::-1]
-        ax.barh(names, [imp[k] for k in names], color="tab:blue")
-        ax.set_xlabel("importance (Optuna, fANOVA)")
-    else:
-        ax.text(0.5, 0.5, importances.get("note", "no importances"), ha="center",
-                va="center", wrap=True, fontsize=9)
-        ax.set_axis_off()
-    ax.set_title("parameter importances", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
-
-
-def plot_sweep(data: ExperimentData, out_dir: Path) -> tuple[list[Path], dict[str, Any]]:
-    """Parallel coordinates and parameter importances of a sweep."""
-    from mllm4wtal.sweep.tracking import param_importances, plot_parallel_coordinates
-
-    tag = data.parent_tags.get("sweep_metric", "")
-    metric, _, mode = tag.partition(" (")
-    mode = mode.rstrip(")") or "max"
-    if not metric:
-        from mllm4wtal.evaluation.detection import average_metric_name
-
-        tious = data.tious()
-        metric = average_metric_name(tious) if tious else "map/avg"
-    records = sweep_records(data, metric, mode)
-    pc = out_dir / "parallel_coordinates.png"
-    plot_parallel_coordinates(records, metric, mode, pc)  # type: ignore[arg-type]
-    importances = param_importances(sweep_study(data, records, mode))
-    importances["metric"] = f"{metric} ({mode})"
-    (out_dir / "param_importances.json").write_text(json.dumps(importances, indent=2) + "\n")
-    ip = plot_importances(importances, out_dir / "param_importances.png")
-    return [pc, out_dir / "param_importances.json", ip], importances
-
-
 __all__ = ["plot_map_curves", "plot_timelines", "plot_timeline", "TimelineTrack",
-           "snippet_actionness", "pick_videos", "plot_sweep", "sweep_records", "sweep_study",
-           "plot_importances", "metric_curve"]
+           "snippet_actionness", "pick_videos", "metric_curve"]

@@ -21,7 +21,7 @@ from typing import Any
 from mllm4wtal.evaluation.detection import average_metric_name, tiou_key
 from mllm4wtal.report.collect import ExperimentData, RunInfo
 from mllm4wtal.report.stats import PairedTest, Summary, paired_ttest, summarize
-from mllm4wtal.sweep.ablate import HASH_EXCLUDED, column_tious
+from mllm4wtal.sweep.study_file import HASH_EXCLUDED, column_tious
 
 ATS = ("final", "best")
 THUMOS_AVERAGES = ((0.1, 0.5), (0.3, 0.7))  # the columns THUMOS14 papers print
@@ -160,7 +160,8 @@ def _latest_per_seed(runs: Sequence[RunInfo]) -> tuple[dict[int, RunInfo], int]:
     return out, dup
 
 
-def _varying(runs: Sequence[RunInfo]) -> list[str]:
+def varying_params(runs: Sequence[RunInfo]) -> list[str]:
+    """The params (but seed, device and folders) whose values differ between the runs."""
     keys = sorted({k for r in runs for k in r.params})
     return [k for k in keys if k not in HASH_EXCLUDED
             and len({r.params.get(k) for r in runs}) > 1]
@@ -197,7 +198,7 @@ def _groups(data: ExperimentData
             notes.append(f"variants no longer in the study: {', '.join(extra)}")
         return groups, notes
     # a sweep: trials with the same config (but the seed) form one row
-    varying = _varying(finished)
+    varying = varying_params(finished)
     by_config: dict[tuple, list[RunInfo]] = {}
     for r in sorted(finished, key=lambda r: r.start_time):
         key = tuple(sorted((k, v) for k, v in r.params.items() if k not in HASH_EXCLUDED))
@@ -426,4 +427,4 @@ def to_latex(table: Table, decimals: int = 1) -> str:
 
 
 __all__ = ["Row", "Table", "build_table", "run_values", "column_value", "column_label",
-           "table_columns", "to_markdown", "to_csv", "to_latex"]
+           "table_columns", "varying_params", "to_markdown", "to_csv", "to_latex"]

@@ -3,19 +3,22 @@ ASHA, logged to MLflow; resumable.
 
 The driver validates the file, creates the MLflow store, experiment and parent run, keeps a
 copy of the file in the experiment directory (``sweep.yaml``, what ``--resume`` reads),
-puts the dataset in the object store once, and runs ``Tuner.fit``. At the end it writes the
-summary on the parent run and prints the best config and the command that opens the MLflow
-UI. Inside a Ray job (``ray job submit``) or with ``RAY_ADDRESS`` set it joins that cluster;
-otherwise it starts Ray in-process.
+puts the dataset in the object store once, and runs ``Tuner.fit``; it ends the parent run
+and returns a record per trial. ``mllm4wtal sweep`` then writes the summary
+(``report.summary``: ``<experiment_dir>/summary/`` and the parent run's artifacts) and prints
+the best config and the command that opens the MLflow UI. Inside a Ray job (``ray job
+submit``) or with ``RAY_ADDRESS`` set it joins that cluster; otherwise it starts Ray
+in-process (``mllm4wtal.ray_session``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +29,14 @@ from ray import tune
 from mllm4wtal.config import to_flat
 from mllm4wtal.data.load import load_from_config
 from mllm4wtal.errors import UserError
-from mllm4wtal.sweep.search import load_study, make_scheduler, make_searcher
-from mllm4wtal.sweep.spaces import SearchSpaceFile, load_search_space
-from mllm4wtal.sweep.tracking import (
-    MlflowTuneCallback,
-    SweepTracker,
-    TrialRecord,
-    write_summary,
-)
+from mllm4wtal.ray_session import start_ray
+from mllm4wtal.sweep.mlflow_tags import SEARCH_SPACE_TAG, SWEEP_TAG
+from mllm4wtal.sweep.records import TrialRecord, mark_killed, trial_record
+from mllm4wtal.sweep.search import make_scheduler, make_searcher
+from mllm4wtal.sweep.spaces.search_space import SearchSpaceFile, load_search_space
+from mllm4wtal.sweep.tracker import SweepTracker
 from mllm4wtal.sweep.trainable import run_trial
+from mllm4wtal.sweep.tune_callback import MlflowTuneCallback
 
 SPACE_COPY = "sweep.yaml"
 SETTINGS = "sweep.json"  # the --set overrides and flags the sweep was started with
@@ -45,8 +47,8 @@ STUDY_COPY = "study.yaml"  # marks the experiment directory of an ablation study
 class SweepResult:
     experiment_dir: Path
     tracking_uri: str
+    parent_run_id: str
     records: list[TrialRecord]
-    summary: dict[str, Any]
     interrupted: bool
 
 
@@ -85,26 +87,16 @@ def fit(tuner: tune.Tuner) -> tune.ResultGrid | None:
         return None
 
 
-def mark_killed(records: list[TrialRecord], tracker: SweepTracker) -> bool:
-    """Records of trials whose MLflow run is still RUNNING become KILLED (not pruned);
-    returns whether any run is still RUNNING (the sweep or study was interrupted)."""
-    running = set(tracker.running_trials())
-    for r in records:
-        if r["trial_id"] in running:
-            r["status"], r["pruned"] = "KILLED", False
-    return bool(running)
-
-
-def start_ray() -> None:
-    # keeping one checkpoint per trial makes Tune snapshot its state at every report; that is
-    # cheap at our report intervals, and its warning about it is noise
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit` and by users of a cluster
-        ray.init(log_to_driver=True)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+@contextlib.contextmanager
+def ray_started() -> Iterator[None]:
+    """Ray for the block (``ray_session.start_ray``: the cluster in ``$RAY_ADDRESS``, else a
+    private local Ray); a Ray this block started is shut down at its end."""
+    started = start_ray()
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def load(path: str | Path, overrides: list[str], storage: str | None = None,
@@ -211,64 +203,36 @@ def run_sweep(space: SearchSpaceFile, resume: bool = False, verbose: int = 1) ->
     """Run (or, with ``resume``, continue) the sweep ``space`` describes."""
     exp = Path(space.experiment_dir)
     base = to_flat(space.base_config)
+    total = space.base_config.train.iterations
     tracker = SweepTracker(exp, space.mlflow.experiment, space.mlflow.tracking_uri,
                            sweep_name=space.name, base_params=base,
-                           tags={"sweep": space.name, "search_space": str(space.path)})
+                           tags={SWEEP_TAG: space.name, SEARCH_SPACE_TAG: str(space.path)})
     dataset = load_from_config(space.base_config.data)
-    start_ray()
-    trainable = make_trainable(base, dataset, space.resources)
-    callback = MlflowTuneCallback(tracker, functools.partial(trial_params, base=base),
-                                  space.base_config.train.iterations,
-                                  run_dir_for=checkpoint_dir)
-    storage = tune_storage(space.storage_path)
-    t0 = time.time()
-    if resume:
-        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=make_searcher(space),
-                                        scheduler=make_scheduler(space),
-                                        num_samples=space.trials.num_samples),
-            run_config=tune.RunConfig(
-                name=space.name, storage_path=storage, callbacks=[callback],
-                verbose=verbose,
-                failure_config=tune.FailureConfig(max_failures=space.trials.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    grid = fit(tuner)
-    records = records_of(space, grid) if grid is not None else []
+    with ray_started():
+        trainable = make_trainable(base, dataset, space.resources)
+        callback = MlflowTuneCallback(tracker, functools.partial(trial_params, base=base),
+                                      total, run_dir_for=checkpoint_dir)
+        if resume:
+            tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=make_searcher(space),
+                                            scheduler=make_scheduler(space),
+                                            num_samples=space.trials.num_samples),
+                run_config=tune.RunConfig(
+                    name=space.name, storage_path=tune_storage(space.storage_path),
+                    callbacks=[callback], verbose=verbose,
+                    failure_config=tune.FailureConfig(max_failures=space.trials.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        grid = fit(tuner)
+        records = [trial_record(r, r.config or {}, total_iterations=total,
+                                metric=space.metric, mode=space.mode,
+                                gpus=space.resources.gpu)
+                   for r in (grid if grid is not None else [])]
     running = mark_killed(records, tracker)
     interrupted = running or len(records) < space.trials.num_samples
-    summary: dict[str, Any] = {}
-    if not interrupted:
-        summary = write_summary(tracker, load_study(space), records, exp / "summary",
-                                metric=space.metric, mode=space.mode,
-                                total_iterations=space.base_config.train.iterations,
-                                base=space.base)
-        summary["wall_s"] = time.time() - t0
     tracker.finish("KILLED" if interrupted else "FINISHED")
-    return SweepResult(experiment_dir=exp, tracking_uri=tracker.tracking_uri, records=records,
-                       summary=summary, interrupted=interrupted)
-
-
-def records_of(space: SearchSpaceFile, grid: tune.ResultGrid) -> list[TrialRecord]:
-    """One record per trial; ``metric`` is the best value the trial reported (the one its
-    ``best.pt`` holds). A trial that stopped without error before the last iteration was
-    pruned (``mark_killed`` then tells interrupted ones apart)."""
-    total = space.base_config.train.iterations
-    pick = max if space.mode == "max" else min
-    out = []
-    for r in grid:
-        metrics = r.metrics or {}
-        history = (r.metrics_dataframe.to_dict("records")
-                   if r.metrics_dataframe is not None else [])
-        values = [h[space.metric] for h in history if h.get(space.metric) is not None]
-        iterations = int(metrics.get("iteration", 0) or 0)
-        failed = r.error is not None
-        out.append(TrialRecord(
-            trial_id=str(metrics.get("trial_id", "")), config=dict(r.config or {}),
-            metric=pick(values) if values else metrics.get(space.metric),
-            iterations=iterations, pruned=not failed and iterations < total,
-            status="FAILED" if failed else "FINISHED",
-            wall_s=float(metrics.get("time_total_s", 0.0) or 0.0), gpus=space.resources.gpu))
-    return out
+    return SweepResult(experiment_dir=exp, tracking_uri=tracker.tracking_uri,
+                       parent_run_id=tracker.parent_run_id, records=records,
+                       interrupted=interrupted)

@@ -24,6 +24,7 @@ from ray import tune
 
 from mllm4wtal.config import from_flat
 from mllm4wtal.data.types import WTALDataset
+from mllm4wtal.inference.evaluate import ModelEvaluator
 from mllm4wtal.train.loop import train
 
 #: what a trial checkpoint carries of the run directory
@@ -75,7 +76,8 @@ def run_trial(trial_params: Mapping[str, Any], *, base: Mapping[str, Any],
             copy_run_files(run_dir, Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    train(cfg, dataset, run_dir, report=report, resume=resume, progress=False)
+    train(cfg, dataset, run_dir, evaluate=ModelEvaluator(cfg, dataset), report=report,
+          resume=resume, progress=False)
 
 
 def run_cell(config: Mapping[str, Any], *, base: Mapping[str, Any],

@@ -5,7 +5,7 @@ backend, tokenisation and vocabulary, word vectors (eq. 4) and CSR masking (eq. 
 into the tensors training uses.
 """
 
-from mllm4wtal.text.masking import DEFAULT_KEY_WEIGHT, mask_positions, mask_tokens, num_to_mask
+from mllm4wtal.text.masking import mask_positions, num_to_mask
 from mllm4wtal.text.prompts import P_COMPLETE, P_KEY, PROMPTS, format_prompt, humanize
 from mllm4wtal.text.store import (
     DescriptionRecord,
@@ -38,10 +38,10 @@ from mllm4wtal.text.vocab import (
 )
 
 __all__ = [
-    "DEFAULT_KEY_WEIGHT", "FORMATS", "MASK", "PAD", "P_COMPLETE", "P_KEY", "PROMPTS",
+    "FORMATS", "MASK", "PAD", "P_COMPLETE", "P_KEY", "PROMPTS",
     "SPECIALS", "START", "UNK", "DescriptionRecord", "StoreError", "Vocabulary",
     "append_record", "build_store", "descriptions_for", "embedding_matrix", "format_prompt",
-    "humanize", "is_stopword", "load_vectors", "mask_positions", "mask_tokens",
+    "humanize", "is_stopword", "load_vectors", "mask_positions",
     "needed_pairs", "num_to_mask", "oov_vector", "read_store", "repair_store",
     "template_descriptions", "template_record", "tokenize", "train_vectors",
 ]

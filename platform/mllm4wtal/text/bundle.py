@@ -12,14 +12,12 @@ import torch
 
 from mllm4wtal.config import Config
 from mllm4wtal.data.types import Video, WTALDataset
-from mllm4wtal.model.mllm4wtal import TextTensors
 from mllm4wtal.text.masking import mask_positions
 from mllm4wtal.text.prompts import humanize
 from mllm4wtal.text.store import build_store, descriptions_for, read_store
+from mllm4wtal.text.tensors import HANDCRAFT_PROMPT, TextTensors
 from mllm4wtal.text.vectors import embedding_matrix, load_vectors, train_vectors
 from mllm4wtal.text.vocab import PAD, Vocabulary, is_stopword, tokenize
-
-HANDCRAFT = "a video of a person"
 
 
 @dataclass
@@ -67,7 +65,7 @@ def build_text_bundle(cfg: Config, dataset: WTALDataset) -> TextBundle:
     comp_tok = {pair: tokenize(r.complete) for pair, r in records.items()}
     class_tok = {c: tokenize(humanize(c)) for c in dataset.classes}
     corpus = list(key_tok.values()) + list(comp_tok.values()) + list(class_tok.values())
-    corpus.append(tokenize(HANDCRAFT))
+    corpus.append(tokenize(HANDCRAFT_PROMPT))
     vocab = Vocabulary.build(corpus, tc.vocab_size)
     if tc.vectors:
         vectors = load_vectors(tc.vectors, tc.vectors_format, tc.cache_dir)
@@ -100,5 +98,5 @@ def build_text_bundle(cfg: Config, dataset: WTALDataset) -> TextBundle:
 
     tensors = TextTensors(
         word_vectors=torch.from_numpy(matrix), key_ids=key_ids, key_count=key_count,
-        handcraft_ids=torch.tensor(vocab.encode(tokenize(HANDCRAFT), 16)))
+        handcraft_ids=torch.tensor(vocab.encode(tokenize(HANDCRAFT_PROMPT), 16)))
     return TextBundle(vocab=vocab, tensors=tensors, complete=complete)

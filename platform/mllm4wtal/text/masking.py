@@ -5,20 +5,17 @@ words in the sentence ..., which may lead to a high probability of masking actio
 text"; the masked words are what the reconstructor predicts (eq. 16-17). Here the share is
 ``ratio`` of the words (rounded half up, at least one), drawn without replacement, each
 key action word (a word of the class name or of the key description that is not a stop
-word) ``key_weight`` times as likely as another word. Special tokens are never masked.
-Deterministic for a given ``numpy.random.Generator`` state.
+word) ``key_weight`` times as likely as another word. Positions index the words of one
+unpadded sentence (``text.bundle`` passes each complete description without ``<start>`` or
+padding), so padding is never masked. Deterministic for a given ``numpy.random.Generator``
+state.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
 
 import numpy as np
-
-from mllm4wtal.text.vocab import MASK, SPECIAL_IDS
-
-DEFAULT_KEY_WEIGHT = 3.0
 
 
 def num_to_mask(n_words: int, ratio: float) -> int:
@@ -48,31 +45,3 @@ def mask_positions(n_words: int, is_key: np.ndarray, ratio: float, key_weight: f
     w = np.where(key, float(key_weight), 1.0)
     pos = rng.choice(n_words, size=k, replace=False, p=w / w.sum())
     return np.sort(pos).astype(np.int64)
-
-
-def mask_tokens(token_ids: Sequence[int] | np.ndarray, ratio: float,
-                key_word_ids: Collection[int], rng: np.random.Generator,
-                stop_ids: Collection[int] = (), key_weight: float = DEFAULT_KEY_WEIGHT,
-                mask_id: int = MASK, special_ids: Collection[int] = SPECIAL_IDS,
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Mask a share of the words of one tokenised sentence.
-
-    token_ids: the sentence (may contain ``<start>``/``<pad>``/``<unk>``: never masked).
-    key_word_ids: ids of key action words; those also in ``stop_ids`` get no extra weight.
-    Returns ``(masked_ids, target_positions)``: a copy of the ids with ``mask_id`` at the
-    target positions, and those positions (sorted), whose original ids are the targets of
-    L_CSR (eq. 17).
-    """
-    ids = np.asarray(token_ids, dtype=np.int64)
-    if ids.ndim != 1:
-        raise ValueError(f"token_ids must be one sentence (1-D), got shape {ids.shape}")
-    specials = np.fromiter((int(s) for s in special_ids), dtype=np.int64)
-    candidates = np.flatnonzero(~np.isin(ids, specials))
-    keys = set(map(int, key_word_ids)) - set(map(int, stop_ids))
-    is_key = np.fromiter((int(t) in keys for t in ids[candidates]), dtype=bool,
-                         count=len(candidates))
-    chosen = mask_positions(len(candidates), is_key, ratio, key_weight, rng)
-    positions = candidates[chosen]
-    masked = ids.copy()
-    masked[positions] = mask_id
-    return masked, positions

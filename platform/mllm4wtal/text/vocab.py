@@ -22,7 +22,6 @@ from mllm4wtal.errors import UserError
 
 SPECIALS: tuple[str, ...] = ("<pad>", "<mask>", "<start>", "<unk>")
 PAD, MASK, START, UNK = range(4)
-SPECIAL_IDS: frozenset[int] = frozenset(range(len(SPECIALS)))
 _FORMAT = "mllm4wtal-vocabulary"
 
 

@@ -12,6 +12,9 @@ optimisers (the stop-gradients still hold).
 ``share`` (CSR reconstructs through A_KSM itself, and its loss also trains the KSM-side
 base in phase 2); ``ternary_kd`` (confident-snippet KD + foreground/background contrast,
 Ju et al. 2023). ``warmup_iterations`` train the KSM side alone, without distillation.
+
+:func:`loss_names` says which losses a step reports; :meth:`DPID.step` checks its report
+against it, so the sweep layer's list of metrics (``sweep.spaces``) cannot drift from it.
 """
 
 from __future__ import annotations
@@ -24,10 +27,16 @@ from torch import Tensor
 
 from mllm4wtal.config import Config
 from mllm4wtal.errors import DivergenceError
-from mllm4wtal.model.csr import masked_word_nll
-from mllm4wtal.model.loc_head import loc_loss, pseudo_labels
+from mllm4wtal.model.loc_head import pseudo_labels
+from mllm4wtal.model.losses import (
+    attention_distill,
+    csr_contrast,
+    ksm_loss,
+    loc_loss,
+    masked_word_nll,
+    ternary_kd,
+)
 from mllm4wtal.model.mllm4wtal import MLLM4WTAL
-from mllm4wtal.train.losses import attention_distill, ksm_loss, ternary_kd
 
 
 @dataclass
@@ -43,6 +52,33 @@ class Batch:
         return Batch(*(t.to(device) if t is not None else None for t in (
             self.features, self.mask, self.labels, self.text_ids, self.text_mask,
             self.masked)))
+
+
+#: every loss name :func:`loss_names` can give; a report's other ``loss/*`` entries are the
+#: base model's own regularisers (``loss/norm``, ``loss/guide``, ... of ``model.base``)
+LOSS_NAMES = frozenset({
+    "loss/match", "loss/mil", "loss/mil_supp", "loss/focal", "loss/diou", "loss/loc_mil",
+    "loss/distill_ksm", "loss/rec", "loss/csr", "loss/csr_contrast", "loss/distill_csr"})
+
+
+def loss_names(cfg: Config, iteration: int) -> set[str]:
+    """The DPID losses :meth:`DPID.step` reports at ``iteration`` (0-based) for a model built
+    from ``cfg``, base-model regularisers aside: ``loss/match`` with its terms (``loss/mil``,
+    ``loss/mil_supp``; ``loss/focal``, ``loss/diou``, ``loss/loc_mil`` with the localization
+    head) and, once the CSR side trains (``csr.enabled``, ``iteration`` >=
+    ``dpid.warmup_iterations``), ``loss/rec`` with ``loss/csr``, ``loss/csr_contrast``
+    (``csr.contrast``) and the distillation terms ``loss/distill_ksm``, ``loss/distill_csr``
+    (``dpid.distill`` other than ``none`` and ``share``)."""
+    names = {"loss/match", "loss/mil", "loss/mil_supp"}
+    if cfg.loc_head.enabled:
+        names |= {"loss/focal", "loss/diou", "loss/loc_mil"}
+    if cfg.csr.enabled and iteration >= cfg.dpid.warmup_iterations:
+        names |= {"loss/rec", "loss/csr"}
+        if cfg.csr.contrast:
+            names.add("loss/csr_contrast")
+        if cfg.dpid.distill not in ("none", "share"):
+            names |= {"loss/distill_ksm", "loss/distill_csr"}
+    return names
 
 
 class DPID:
@@ -106,9 +142,8 @@ class DPID:
         losses = {"csr": nll_fg.mean()}
         if cfg.csr.contrast:  # foreground must explain the words better than whole / rest
             whole, rest = nll(torch.ones_like(weight)), nll(1 - weight)
-            losses["csr_contrast"] = (
-                (nll_fg - whole + cfg.csr.gamma1).clamp_min(0)
-                + (nll_fg - rest + cfg.csr.gamma2).clamp_min(0)).mean()
+            losses["csr_contrast"] = csr_contrast(nll_fg, whole, rest, cfg.csr.gamma1,
+                                                  cfg.csr.gamma2)
         if a_ksm is not None and not share and cfg.dpid.distill != "none":
             losses["distill_csr"] = cfg.loss.lambda2 * self._distill(
                 a_csr, a_ksm, f_complete, batch.mask)
@@ -134,15 +169,15 @@ class DPID:
         if cfg.dpid.schedule == "joint" and train_csr:
             with self.autocast:
                 rec = self._rec_with_teacher(batch, joint=True)
-                a_csr = rec.pop("_a_csr") if couple else None
-                match = self.match_losses(batch, a_csr)
+                a_csr = rec.pop("_a_csr")
+                match = self.match_losses(batch, a_csr if couple else None)
             total = self._total(match, iteration, "match") + self._total(rec, iteration, "rec")
             self._zero()
             total.backward()
             self.opt_ksm.step()
             assert self.opt_csr is not None
             self.opt_csr.step()
-            return self._report(match, rec)
+            return self._report(match, rec, iteration)
 
         with self.autocast:  # phase 1: KSM side
             a_csr = None
@@ -163,7 +198,7 @@ class DPID:
             self._total(rec, iteration, "rec").backward()
             assert self.opt_csr is not None
             self.opt_csr.step()
-        return self._report(match, rec)
+        return self._report(match, rec, iteration)
 
     def _rec_with_teacher(self, batch: Batch, joint: bool) -> dict[str, Tensor]:
         m, distill = self.model, self.cfg.dpid.distill
@@ -192,10 +227,15 @@ class DPID:
             raise DivergenceError(iteration, name, float(values.detach()[bad][0]))
         return values.sum()
 
-    @staticmethod
-    def _report(match: dict[str, Tensor], rec: dict[str, Tensor]) -> dict[str, float]:
+    def _report(self, match: dict[str, Tensor], rec: dict[str, Tensor], iteration: int
+                ) -> dict[str, float]:
         out = {f"loss/{k}": float(v.detach()) for k, v in {**match, **rec}.items()}
         out["loss/match"] = sum(float(v.detach()) for v in match.values())
         if rec:
             out["loss/rec"] = sum(float(v.detach()) for v in rec.values())
+        promised = loss_names(self.cfg, iteration)
+        if set(out) & LOSS_NAMES != promised:
+            raise RuntimeError(f"DPID reported {sorted(set(out) & LOSS_NAMES)} at iteration "
+                               f"{iteration} but loss_names() says {sorted(promised)}; "
+                               "change the two together")
         return out

@@ -1,9 +1,10 @@
 """The training loop: config + dataset + a ``report`` callback. It knows nothing of Ray.
 
 Read top to bottom: seed, build text and model, maybe resume, then iterate: sample a batch,
-one DPID step, and every ``eval_interval`` iterations evaluate (proposals -> mAP), write
-``last.pt`` (and ``best.pt`` when the average mAP improved) and call
-``report(metrics, run_dir)``. A run resumed from a checkpoint continues bit-for-bit on CPU.
+one DPID step, and every ``eval_interval`` iterations evaluate (the ``evaluate`` callable it
+is given, e.g. ``inference.evaluate.ModelEvaluator``: proposals -> mAP), write ``last.pt``
+(and ``best.pt`` when ``evaluate.metric`` improved) and call ``report(metrics, run_dir)``.
+A run resumed from a checkpoint continues bit-for-bit on CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,9 +29,17 @@ from mllm4wtal.model.mllm4wtal import MLLM4WTAL
 from mllm4wtal.text.bundle import TextBundle, build_text_bundle
 from mllm4wtal.train.checkpoint import load_checkpoint, save_checkpoint
 from mllm4wtal.train.dpid import DPID, Batch
-from mllm4wtal.train.evaluate import check_inference, evaluate_model, primary_metric
 
 Report = Callable[[dict[str, float], Path], None]
+
+
+class Evaluate(Protocol):
+    """Scores a model: ``(metrics, predictions)``; ``metric`` names the entry of the metrics
+    that ``best.pt`` is chosen by (higher is better)."""
+
+    metric: str
+
+    def __call__(self, model: MLLM4WTAL) -> tuple[dict[str, float], dict]: ...
 
 
 @dataclass
@@ -74,14 +84,17 @@ def make_batch(cfg: Config, dataset: WTALDataset, sampler: TrainBatchSampler,
     return batch
 
 
-def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, report: Report | None = None,
-          resume: str | Path | None = None, progress: bool = True) -> TrainResult:
+def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: Evaluate | None,
+          report: Report | None = None, resume: str | Path | None = None,
+          progress: bool = True) -> TrainResult:
     """Train MLLM4WTAL; checkpoints and metrics go to ``run_dir``.
+
+    ``evaluate``: called every ``train.eval_interval`` iterations and at the end; None trains
+    without evaluation (metrics hold the losses only, and no ``best.pt`` is written).
 
     ``resume``: a checkpoint (``last.pt``) to continue from; its config must match ``cfg``
     except for ``train.iterations`` (a run may be extended).
     """
-    check_inference(cfg)
     run_dir = Path(run_dir)
     if resume is None and (run_dir / "last.pt").exists():
         raise UserError(f"{run_dir} already holds a run; resume it from {run_dir}/last.pt or "
@@ -126,6 +139,7 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, report: Report
     bar = tqdm(range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations,
                disable=not progress, desc="train", dynamic_ncols=True)
     losses: dict[str, float] = {}
+    shown = evaluate.metric if evaluate is not None else ""
     for it in bar:
         batch = make_batch(cfg, dataset, sampler, text, rng).to(device)
         try:
@@ -138,12 +152,11 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, report: Report
             raise
         done = it + 1
         if done % cfg.train.eval_interval == 0 or done == cfg.train.iterations:
-            result, predictions = evaluate_model(model, dataset, cfg, device)
-            metrics = {**result.flat_metrics(), **losses, "iteration": float(done),
+            scores, predictions = evaluate(model) if evaluate is not None else ({}, None)
+            metrics = {**scores, **losses, "iteration": float(done),
                        "lr": dpid.opt_ksm.param_groups[0]["lr"]}
-            score = metrics[primary_metric(cfg)]
-            if score > best:
-                best, best_it = score, done
+            if evaluate is not None and metrics[evaluate.metric] > best:
+                best, best_it = metrics[evaluate.metric], done
                 save_checkpoint(run_dir / "best.pt", checkpoint_state(done, metrics))
                 (run_dir / "predictions.json").write_text(json.dumps(predictions))
             save_checkpoint(run_dir / "last.pt", checkpoint_state(done, metrics))
@@ -154,7 +167,7 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, report: Report
                 report(metrics, run_dir)
         bar.set_postfix(match=f"{losses.get('loss/match', 0):.3f}",
                         rec=f"{losses.get('loss/rec', 0):.3f}",
-                        mAP=f"{last_metrics.get(primary_metric(cfg), 0) * 100:.1f}")
+                        mAP=f"{last_metrics.get(shown, 0) * 100:.1f}")
     bar.close()
     return TrainResult(run_dir=run_dir, iteration=cfg.train.iterations, best_metric=best,
                        best_iteration=best_it, last_metrics=last_metrics)

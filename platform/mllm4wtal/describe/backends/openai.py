@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from mllm4wtal.describe.backends import Answer, Backend, BackendSpec, FatalBackendError, Query
+from mllm4wtal.describe.backends.frames import Frames
 from mllm4wtal.errors import UserError
-from mllm4wtal.text.backends import Answer, Backend, BackendSpec, FatalBackendError, Query
-from mllm4wtal.text.backends.frames import Frames
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mllm4wtal.text.backends import Answer, Backend, PairAnswer, Query
-from mllm4wtal.text.backends.frames import Frames
+from mllm4wtal.describe.backends import Answer, Backend, PairAnswer, Query
+from mllm4wtal.describe.backends.frames import Frames
 from mllm4wtal.text.prompts import format_prompt
 from mllm4wtal.text.templates import template_descriptions
 

@@ -1,20 +1,27 @@
 """Model -> proposals -> mAP on the test subset. Only the video branch and the
 localization head run (``inference.source: loc_head``), or the video branch's class
-activation and attention (``cas``): no text, no CSR, no MLLM."""
+activation and attention (``cas``): no text, no CSR, no MLLM.
+
+:class:`ModelEvaluator` is what the training loop is given to evaluate with; the loop itself
+(``train/``) knows nothing of proposals or mAP."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from mllm4wtal.config import Config
+from mllm4wtal.config import Config, from_flat, parse_override
 from mllm4wtal.data.batching import pad_batch
+from mllm4wtal.data.load import load_from_config
 from mllm4wtal.data.types import WTALDataset
 from mllm4wtal.errors import UserError
 from mllm4wtal.evaluation import DetectionResult, average_metric_name, evaluate_detection
 from mllm4wtal.inference import ProposalConfig, generate_proposals, remove_ambiguous, results_json
+from mllm4wtal.model.losses import topk_mean
 from mllm4wtal.model.mllm4wtal import MLLM4WTAL
-from mllm4wtal.train.losses import topk_mean
+from mllm4wtal.text.tensors import TextTensors
+from mllm4wtal.train.checkpoint import load_checkpoint
+from mllm4wtal.train.loop import resolve_device
 
 
 def primary_metric(cfg: Config) -> str:
@@ -87,6 +94,24 @@ def evaluate_model(model: MLLM4WTAL, dataset: WTALDataset, cfg: Config, device: 
     return result, predictions
 
 
+class ModelEvaluator:
+    """The loop's ``evaluate``: mAP of a model on ``dataset.test`` and its predictions.
+
+    Built before training, so that a config evaluation would refuse fails before the first
+    iteration (:func:`check_inference`); ``metric`` is the one ``best.pt`` is chosen by.
+    """
+
+    def __init__(self, cfg: Config, dataset: WTALDataset) -> None:
+        check_inference(cfg)
+        self.cfg, self.dataset = cfg, dataset
+        self.metric = primary_metric(cfg)
+
+    def __call__(self, model: MLLM4WTAL) -> tuple[dict[str, float], dict]:
+        device = next(model.parameters()).device
+        result, predictions = evaluate_model(model, self.dataset, self.cfg, device)
+        return result.flat_metrics(), predictions
+
+
 def evaluate_checkpoint(path: str, overrides: list[str] | None = None
                         ) -> tuple[DetectionResult, dict]:
     """Rebuild the model of a checkpoint (its text tensors are in its state) and evaluate it
@@ -102,12 +127,6 @@ def load_checkpoint_model(path: str, overrides: list[str] | None = None,
     """The model of a checkpoint (in eval mode, on its config's device), its config with
     ``overrides``, and its dataset (``dataset`` when given, e.g. one shared by several
     checkpoints, else loaded from the config)."""
-    from mllm4wtal.config import from_flat, parse_override
-    from mllm4wtal.data.load import load_from_config
-    from mllm4wtal.model.mllm4wtal import TextTensors
-    from mllm4wtal.train.checkpoint import load_checkpoint
-    from mllm4wtal.train.loop import resolve_device
-
     state = load_checkpoint(path)
     flat = {**state["config"], **dict(parse_override(o) for o in overrides or [])}
     cfg = from_flat(flat, where=f"{path} config")

@@ -1,7 +1,11 @@
-"""Loss terms of MLLM4WTAL. Every function respects the padding mask (B, T): padded
-snippets never enter a top-k, a mean or a pseudo-label."""
+"""Loss terms of MLLM4WTAL, one function per equation: L_KSM (eq. 6-10), L_CSR and its
+contrast (eq. 17), L_loc (eq. 18), the distillation terms of L_match / L_rec (eq. 19-20)
+and their alternatives. Every function respects the padding mask (B, T): padded snippets
+never enter a top-k, a mean or a pseudo-label."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -135,3 +139,39 @@ def diou_loss_1d(pred: Tensor, target: Tensor) -> Tensor:
     enclose = torch.maximum(ps, ts) + torch.maximum(pe, te)
     centre = ((pe - ps) - (te - ts)) / 2  # centres relative to the snippet
     return (1 - iou + (centre / enclose.clamp_min(EPS)) ** 2).mean()
+
+
+@dataclass
+class PseudoLabels:
+    targets: Tensor  # (B, T, C) 1 for foreground of class c
+    weight: Tensor  # (B, T) 1 where the snippet is labelled (foreground or background)
+    fg: Tensor  # (B, T) bool, foreground of any class
+    dist: Tensor  # (B, T, 2) distances to the pseudo segment's start / end (fg only)
+
+
+def loc_loss(logits: Tensor, dist: Tensor, pl: PseudoLabels, labels: Tensor, mask: Tensor,
+             topk: int, alpha: float, gamma: float) -> dict[str, Tensor]:
+    """L_loc = focal + DIoU + MIL (eq. 18)."""
+    video = topk_mean(logits, mask, topk)
+    return {
+        "focal": sigmoid_focal_loss(logits, pl.targets, pl.weight, alpha, gamma),
+        "diou": diou_loss_1d(dist[pl.fg], pl.dist[pl.fg]),
+        "loc_mil": F.binary_cross_entropy_with_logits(video, labels),
+    }
+
+
+def masked_word_nll(logits: Tensor, targets: Tensor, masked: Tensor) -> Tensor:
+    """NLL of the masked words (eq. 17), averaged over each sentence's masked words -> (B,)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    nll = -logp.gather(-1, targets[..., None]).squeeze(-1)
+    m = masked.to(nll.dtype)
+    return (nll * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def csr_contrast(nll_fg: Tensor, nll_whole: Tensor, nll_rest: Tensor, gamma1: float,
+                 gamma2: float) -> Tensor:
+    """Hinge contrast of CSR: the foreground-weighted reconstruction (A) must explain the
+    words better than the whole video (A = 1) by ``gamma1`` and than the complement
+    (1 - A) by ``gamma2``; inputs are per-sentence NLLs (B,)."""
+    return ((nll_fg - nll_whole + gamma1).clamp_min(0)
+            + (nll_fg - nll_rest + gamma2).clamp_min(0)).mean()

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from mllm4wtal.describe.backends import Answer, Backend, BackendSpec, Query
 from mllm4wtal.errors import UserError
-from mllm4wtal.text.backends import Answer, Backend, BackendSpec, Query
 
 FRAMES_AS = ("auto", "video", "images")
 DTYPES = ("auto", "float32", "float16", "bfloat16")

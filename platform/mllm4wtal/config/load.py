@@ -1,6 +1,6 @@
-"""Typed configuration tree, presets, YAML files and dotted overrides.
+"""Loading, validating and writing configs: presets, YAML files and dotted overrides.
 
-A config is a tree of frozen dataclasses. Every leaf field carries ``metadata``:
+A config is a tree of frozen dataclasses (``config.schema``). Every leaf field carries ``metadata``:
 ``help`` (shown by ``mllm4wtal config --explain``), and optionally ``min``/``max``
 (inclusive bounds) or ``choices``. Presets (``synthetic``, ``thumos14``,
 ``activitynet12``) are YAML files shipped in ``mllm4wtal/presets/``; a user YAML
@@ -16,178 +16,21 @@ import dataclasses
 import difflib
 import functools
 import math
+import re
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mllm4wtal.data.synthetic import SyntheticConfig
+from mllm4wtal.config.schema import PRESETS, Config
 from mllm4wtal.errors import UserError
 
 
 class ConfigError(UserError):
     """A user-facing configuration error (bad key, type, range or file)."""
-
-
-def _f(default: Any, help: str, **meta: Any) -> Any:
-    """A config leaf: default value plus the metadata the validator reads."""
-    return field(default=default, metadata={"help": help, **meta})
-
-
-def _sub(cls: type) -> Any:
-    return field(default_factory=cls)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    format: str = _f("synthetic", "where features come from",
-                     choices=["synthetic", "wtal", "per_video", "packed"])
-    root: str = _f("", "directory of the feature/annotation files (unused for synthetic)")
-    name: str = _f("Thumos14reduced", "file stem: <root>/<name>-I3D-JOINTFeatures.npy etc.")
-    train_subset: str = _f("validation", "annotation subset used for training")
-    test_subset: str = _f("test", "annotation subset used for evaluation")
-    feature_dim: int = _f(2048, "snippet feature width, RGB then flow", min=2)
-    rgb_dim: int = _f(1024, "width of the RGB block; flow is the rest", min=1)
-    fps: float = _f(25.0, "frame rate the features were extracted at", min=1e-3)
-    frames_per_snippet: int = _f(16, "frames per I3D snippet", min=1)
-    max_seqlen: int = _f(320, "snippets per training video (sampled or padded)", min=8)
-    batch_size: int = _f(10, "videos per training batch", min=1)
-    n_similar: int = _f(3, "class-sharing video pairs per batch (CO2-Net sampling)", min=0)
-    synthetic: SyntheticConfig = _sub(SyntheticConfig)
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    backend: str = _f("template", "description source", choices=["template", "file"])
-    store: str = _f("", "JSONL description store (backend=file)")
-    fallback_to_template: bool = _f(False, "fill (video, class) pairs missing from the store")
-    vectors: str = _f("", "word vectors file; empty = train word2vec on the descriptions")
-    vectors_format: str = _f("glove", "format of text.vectors",
-                             choices=["glove", "word2vec_text", "word2vec_bin", "gensim"])
-    vector_dim: int = _f(300, "word-vector width (trained fallback)", min=2)
-    vocab_size: int = _f(10000, "largest vocabulary kept", min=8)
-    max_key_len: int = _f(24, "tokens of a key description", min=2)
-    max_complete_len: int = _f(48, "tokens of a complete description", min=2)
-    cache_dir: str = _f("~/.cache/mllm4wtal", "cache for converted / trained word vectors")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    base: str = _f("mil", "base WTAL model", choices=["mil", "co2net", "delu", "um"])
-    hidden_dim: int = _f(2048, "width of the video embedding F_e", min=8)
-    dropout: float = _f(0.7, "dropout in the video embedding", min=0.0, max=0.99)
-    norm_weight: float = _f(0.8, "weight of the base model's attention sparsity term (mean "
-                            "attention; 0.8 in the CO2-Net and DELU code bases)", min=0.0)
-
-
-@dataclass(frozen=True)
-class KSMConfig:
-    enabled: bool = _f(True, "Key Semantic Matching (eq. 4-10); off = base conv class head")
-    prompt: str = _f("learnable", "query context: learnable tokens shared by all classes (CoOp's "
-                     "unified context, the paper's), learnable tokens per class (CoOp's "
-                     "class-specific context) or a hand-written prompt",
-                     choices=["learnable", "class_specific", "handcraft"])
-    n_ctx: int = _f(8, "learnable context tokens N_context", min=0, max=64)
-    dim: int = _f(512, "width of the query transformer (queries are projected to H)", min=8)
-    layers: int = _f(1, "transformer encoder layers for the queries", min=1, max=12)
-    heads: int = _f(4, "attention heads", min=1)
-    topk: int = _f(8, "top-k MIL: k = max(1, T // topk) snippets", min=1)
-
-
-@dataclass(frozen=True)
-class CSRConfig:
-    enabled: bool = _f(True, "Complete Semantic Reconstruction (eq. 11-17)")
-    dim: int = _f(512, "width of F_complete and of the reconstructor", min=8)
-    reconstructor: str = _f("transformer", "decoder family", choices=["transformer", "gru", "lstm"])
-    layers: int = _f(1, "encoder/decoder layers", min=1, max=12)
-    heads: int = _f(4, "attention heads", min=1)
-    mask_ratio: float = _f(1 / 3, "share of the words of a complete description masked",
-                           min=0.01, max=1.0)
-    key_word_weight: float = _f(3.0, "sampling weight of key action words when masking", min=1.0)
-    contrast: bool = _f(False, "hinge contrast against whole video and complement")
-    gamma1: float = _f(0.1, "margin vs the whole video (contrast)", min=0.0)
-    gamma2: float = _f(0.1, "margin vs the complement 1-A (contrast)", min=0.0)
-
-
-@dataclass(frozen=True)
-class LocHeadConfig:
-    enabled: bool = _f(True, "prior-driven localization head (eq. 18)")
-    fg_threshold: float = _f(0.5, "prior above this: foreground pseudo-label", min=0.0, max=1.0)
-    bg_threshold: float = _f(0.2, "prior below this: background pseudo-label", min=0.0, max=1.0)
-    focal_alpha: float = _f(0.25, "sigmoid focal loss alpha", min=0.0, max=1.0)
-    focal_gamma: float = _f(2.0, "sigmoid focal loss gamma", min=0.0)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    lambda1: float = _f(1.5, "weight of MSE(A_KSM, sg(A_CSR)) in L_match (eq. 19)", min=0.0)
-    lambda2: float = _f(1.5, "weight of MSE(A_CSR, sg(A_KSM)) in L_rec (eq. 20)", min=0.0)
-    mu1: float = _f(1.0, "weight of L_loc in L_match (eq. 19)", min=0.0)
-
-
-@dataclass(frozen=True)
-class DPIDConfig:
-    distill: str = _f("mse", "attention distillation",
-                      choices=["mse", "kl", "mae", "share", "none", "ternary_kd"])
-    schedule: str = _f("alternate", "phase schedule", choices=["alternate", "joint"])
-    warmup_iterations: int = _f(0, "iterations of the KSM side alone first", min=0)
-    delta_h: float = _f(0.6, "ternary KD: confident-foreground threshold", min=0.0, max=1.0)
-    delta_l: float = _f(0.2, "ternary KD: confident-background threshold", min=0.0, max=1.0)
-    tau: float = _f(0.07, "ternary KD: contrast temperature", min=1e-4)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    iterations: int = _f(5000, "training iterations", min=1)
-    lr: float = _f(5e-4, "Adam learning rate", min=0.0, max=1.0)
-    weight_decay: float = _f(1e-3, "Adam weight decay", min=0.0)
-    eval_interval: int = _f(100, "evaluate, report and checkpoint every N iterations", min=1)
-    seed: int = _f(0, "seed of data sampling, init and dropout", min=0)
-    device: str = _f("auto", "compute device", choices=["auto", "cpu", "cuda"])
-    bf16: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
-    out_dir: str = _f("runs", "where runs write checkpoints and predictions")
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    source: str = _f("loc_head", "actionness/CAS used for proposals", choices=["loc_head", "cas"])
-    topk_divisor: int = _f(8, "video score = mean of the top T // this CAS values", min=1)
-    class_threshold: float = _f(0.2, "classes localised: softmax score >= this", min=0.0, max=1.0)
-    act_thresholds: tuple[float, ...] = _f(
-        (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85,
-         0.9),
-        "thresholds on the actionness", min=0.0, max=1.0)
-    outer_ratio: float = _f(0.25, "outer region of the outer-inner score", min=0.0, max=1.0)
-    video_score_weight: float = _f(0.2, "share of the video score in a proposal score", min=0.0)
-    nms_sigma: float = _f(0.3, "Gaussian soft-NMS sigma", min=1e-3)
-    remove_ambiguous: bool = _f(True, "drop proposals on THUMOS14 ambiguous segments")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    tious: tuple[float, ...] = _f((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
-                                  "tIoU thresholds of mAP", min=0.0, max=1.0)
-
-
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = _sub(DataConfig)
-    text: TextConfig = _sub(TextConfig)
-    model: ModelConfig = _sub(ModelConfig)
-    ksm: KSMConfig = _sub(KSMConfig)
-    csr: CSRConfig = _sub(CSRConfig)
-    loc_head: LocHeadConfig = _sub(LocHeadConfig)
-    loss: LossConfig = _sub(LossConfig)
-    dpid: DPIDConfig = _sub(DPIDConfig)
-    train: TrainConfig = _sub(TrainConfig)
-    inference: InferenceConfig = _sub(InferenceConfig)
-    eval: EvalConfig = _sub(EvalConfig)
-
-
-PRESETS = ("synthetic", "thumos14", "activitynet12")
 
 
 # --------------------------------------------------------------------------- introspection
@@ -309,11 +152,13 @@ def _merge(tree: dict, update: dict) -> dict:
     return out
 
 
-def _flatten_tree(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the one dotted-key flattening of the project
+    (config files, search-space overrides, MLflow params). Empty mappings add no key."""
     out: dict[str, Any] = {}
     for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten_tree(v, f"{prefix}{k}."))
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -392,12 +237,68 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{item}' must look like key=value, e.g. loss.lambda1=2.0")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if value is None:
         value = ""
     return key.strip(), value
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line = key, line
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (plain data only) that reads ``5e-4`` as a float (YAML 1.2) and rejects
+    duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # unhashable key: let the base class complain
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_yaml(text: str) -> Any:
+    """The project's one YAML reader (config, search-space and study files, ``--set``
+    values): safe, ``5e-4`` is a float, a duplicate key raises ``yaml.YAMLError``."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_yaml(text: str, where: str, error: type[UserError] = ConfigError) -> Any:
+    """:func:`parse_yaml`, with every failure one ``error`` naming ``where`` (and the line of
+    a duplicate key)."""
+    try:
+        return parse_yaml(text)
+    except _DuplicateKey as e:
+        raise error(f"{where}: line {e.line}: duplicate key '{e.key}'; keep one") from None
+    except yaml.YAMLError as e:  # syntax: where it is, on one line
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise error(f"{where}: not valid YAML{at}: {problem}; fix the syntax") from None
 
 
 def _preset_text(name: str) -> str:
@@ -416,14 +317,11 @@ def _read_yaml(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any],
         text, where = path.read_text(), str(path)
     if source in seen:
         raise ConfigError(f"{where}: 'base' chain loops: {' -> '.join(seen + (source,))}")
-    try:
-        tree = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    tree = load_yaml(text, where) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: top level must be a mapping of sections")
     base = tree.pop("base", None)
-    flat = _flatten_tree(tree)
+    flat = flatten(tree)
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{where}: 'base' must name a preset or a YAML file")
@@ -469,11 +367,3 @@ def explain() -> str:
         lines.append(f"{key:34s} {defaults[key]!r:>14}  {describe_allowed(tp, meta):28s} "
                      f"{meta.get('help', '')}")
     return "\n".join(lines)
-
-
-__all__ = [
-    "Config", "ConfigError", "DataConfig", "TextConfig", "ModelConfig", "KSMConfig", "CSRConfig",
-    "LocHeadConfig", "LossConfig", "DPIDConfig", "TrainConfig", "InferenceConfig", "EvalConfig",
-    "PRESETS", "load_config", "from_flat", "to_flat", "to_tree", "save_config", "with_overrides",
-    "parse_override", "leaf_fields", "explain",
-]

@@ -20,15 +20,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from mllm4wtal.describe.backends.frames import Frames
 from mllm4wtal.errors import UserError
-from mllm4wtal.text.backends.frames import Frames
 from mllm4wtal.text.prompts import format_prompt
 
 KINDS = ("key", "complete")
 BUILTIN: dict[str, str] = {
-    "template": "mllm4wtal.text.backends.template:TemplateBackend",
-    "hf": "mllm4wtal.text.backends.hf:HFBackend",
-    "openai": "mllm4wtal.text.backends.openai:OpenAIBackend",
+    "template": "mllm4wtal.describe.backends.template:TemplateBackend",
+    "hf": "mllm4wtal.describe.backends.hf:HFBackend",
+    "openai": "mllm4wtal.describe.backends.openai:OpenAIBackend",
 }
 
 
@@ -143,7 +143,7 @@ def backend_class(name: str) -> type[Backend]:
         raise UserError(f"backend {name!r}: cannot import {attr} from {module} ({e})") from None
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise UserError(f"backend {name!r} is not a subclass of "
-                        "mllm4wtal.text.backends.Backend")
+                        "mllm4wtal.describe.backends.Backend")
     return cls
 
 
