@@ -10,7 +10,7 @@ from mllm4wtal.cli import options
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablate", help="ablation study: variants x seeds -> paper-style table",
                        description="Run every variant x seed of a study YAML (schema: "
-                                   "search_spaces/ablations/*.yaml, mllm4wtal.sweep.ablate) as "
+                                   "search_spaces/ablations/*.yaml, mllm4wtal.sweep.study_file) as "
                                    "Ray Tune trials with fixed hyperparameters and no pruning, "
                                    "logged to MLflow (one parent run per study, one child run "
                                    "per cell, tagged study/variant/seed). Cells already "
