@@ -3,8 +3,10 @@
 from mllm4wtal.inference.nms import soft_nms
 from mllm4wtal.inference.proposals import (
     ProposalConfig,
+    SnippetScores,
     contiguous_runs,
     generate_proposals,
+    generate_proposals_many,
     outer_inner_score,
     remove_ambiguous,
     results_json,
@@ -14,6 +16,7 @@ from mllm4wtal.inference.proposals import (
 from mllm4wtal.inference.segments import Proposal
 
 __all__ = [
-    "Proposal", "ProposalConfig", "contiguous_runs", "generate_proposals", "outer_inner_score",
+    "Proposal", "ProposalConfig", "SnippetScores", "contiguous_runs", "generate_proposals",
+    "generate_proposals_many", "outer_inner_score",
     "remove_ambiguous", "results_json", "select_classes", "soft_nms", "video_level_scores",
 ]

@@ -7,6 +7,8 @@ activation and attention (``cas``): no text, no CSR, no MLLM.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -16,7 +18,13 @@ from mllm4wtal.data.load import load_from_config
 from mllm4wtal.data.types import WTALDataset
 from mllm4wtal.errors import UserError
 from mllm4wtal.evaluation import DetectionResult, average_metric_name, evaluate_detection
-from mllm4wtal.inference import ProposalConfig, generate_proposals, remove_ambiguous, results_json
+from mllm4wtal.inference import (
+    ProposalConfig,
+    SnippetScores,
+    generate_proposals_many,
+    remove_ambiguous,
+    results_json,
+)
 from mllm4wtal.model.losses import topk_mean
 from mllm4wtal.model.mllm4wtal import MLLM4WTAL
 from mllm4wtal.text.tensors import TextTensors
@@ -75,18 +83,22 @@ def evaluate_model(model: MLLM4WTAL, dataset: WTALDataset, cfg: Config, device: 
     model.eval()
     pcfg = proposal_config(cfg)
     videos = dataset.test
+
+    def scored() -> Iterator[SnippetScores]:  # lazily, batch by batch
+        for b in range(0, len(videos), batch_size):
+            chunk = videos[b:b + batch_size]
+            features, mask = pad_batch([v.features for v in chunk])
+            outputs = snippet_scores(model, features.to(device), mask.to(device),
+                                     cfg.inference.source, cfg.inference.topk_divisor)
+            for v, (cas, act, scores) in zip(chunk, outputs, strict=True):
+                yield SnippetScores(cas, act, v.fps, v.duration, scores)
+
     per_video = {}
-    for b in range(0, len(videos), batch_size):
-        chunk = videos[b:b + batch_size]
-        features, mask = pad_batch([v.features for v in chunk])
-        scored = snippet_scores(model, features.to(device), mask.to(device),
-                                cfg.inference.source, cfg.inference.topk_divisor)
-        for v, (cas, act, scores) in zip(chunk, scored, strict=True):
-            props = generate_proposals(cas, act, v.fps, pcfg, dataset.frames_per_snippet,
-                                       v.duration, video_scores=scores)
-            if cfg.inference.remove_ambiguous:
-                props = remove_ambiguous(props, dataset.ambiguous.get(v.name, []))
-            per_video[v.name] = props
+    proposals = generate_proposals_many(scored(), pcfg, dataset.frames_per_snippet)
+    for v, props in zip(videos, proposals, strict=True):
+        if cfg.inference.remove_ambiguous:
+            props = remove_ambiguous(props, dataset.ambiguous.get(v.name, []))
+        per_video[v.name] = props
     model.train(was_training)
     predictions = results_json(per_video, dataset.classes, version=dataset.name)
     result = evaluate_detection(dataset.ground_truth(dataset.test_subset), predictions,

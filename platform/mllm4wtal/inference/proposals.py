@@ -11,15 +11,21 @@ The recipe of the attention-MIL code bases (W-TALC, CO2-Net, DELU):
    video-level score of the class;
 4. per-class Gaussian soft-NMS removes the duplicates the threshold sweep creates;
 5. snippet indices become seconds: t = snippet * frames_per_snippet / fps.
+
+:func:`generate_proposals_many` does this for many videos at once, thresholds x classes x
+videos in array operations (runs from the edges of padded masks, soft-NMS batched over
+classes and videos), with the results of the per-video loop bit for bit: every float64 sum,
+product and comparison is the loop's, in the loop's order (tests/proposals_reference.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from mllm4wtal.inference.nms import soft_nms
+from mllm4wtal.inference.nms import soft_nms_groups
 from mllm4wtal.inference.segments import Proposal
 
 
@@ -52,22 +58,78 @@ def select_classes(scores: np.ndarray, threshold: float) -> np.ndarray:
     return chosen if len(chosen) else np.array([int(np.argmax(scores))])
 
 
+def find_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, start, end) of every run of True in each row of a 2D boolean array, runs
+    [start, end) in row-major order."""
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=bool)
+    padded[:, 1:-1] = mask
+    row, start = np.nonzero(padded[:, 1:] > padded[:, :-1])
+    _, end = np.nonzero(padded[:, :-1] > padded[:, 1:])
+    return row, start, end
+
+
 def contiguous_runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) of every run of True in a 1D boolean array."""
-    m = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
-    edges = np.flatnonzero(np.diff(m.astype(np.int8)))
-    return [(int(s), int(e)) for s, e in zip(edges[::2], edges[1::2], strict=True)]
+    _, start, end = find_runs(np.asarray(mask, dtype=bool)[None, :])
+    return list(zip(start.tolist(), end.tolist(), strict=True))
+
+
+def window_means(values: np.ndarray, first: np.ndarray, count: np.ndarray,
+                 second: np.ndarray | None = None, second_count: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """Per window r: the mean of ``values[first[r]:first[r] + count[r]]``, followed by
+    ``values[second[r]:second[r] + second_count[r]]`` when given (at least one value).
+
+    Summed by numpy in the order ``window.mean()`` sums a 1D array: the windows of one length
+    are gathered into a matrix and reduced along its rows, so the float64 results are those
+    of the one-window code."""
+    total = count if second_count is None else count + second_count
+    out = np.empty(len(total), dtype=np.float64)
+    order = np.argsort(total, kind="stable")
+    for rows in np.split(order, np.flatnonzero(np.diff(total[order])) + 1):
+        if not len(rows):
+            continue
+        col = np.arange(total[rows[0]])
+        index = first[rows, None] + col
+        if second is not None:
+            index = np.where(col < count[rows, None], index,
+                             second[rows, None] + col - count[rows, None])
+        out[rows] = values[index].mean(axis=1)
+    return out
+
+
+def outer_inner_scores(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, start: np.ndarray,
+                       end: np.ndarray, outer_ratio: float) -> np.ndarray:
+    """:func:`outer_inner_score` of many runs at once: run r is ``values[start[r]:end[r]]``
+    of the sequence ``values[lo[r]:hi[r]]`` (absolute indices into ``values``)."""
+    length = end - start
+    margin = np.maximum(1, (length * outer_ratio).astype(np.int64))
+    left = np.minimum(margin, start - lo)
+    right = np.minimum(margin, hi - end)
+    inner = window_means(values, start, length)
+    outer = np.zeros(len(length))
+    has = left + right > 0
+    outer[has] = window_means(values, (start - left)[has], left[has], end[has], right[has])
+    return inner - outer
 
 
 def outer_inner_score(sequence: np.ndarray, start: int, end: int, outer_ratio: float) -> float:
     """Mean of ``sequence[start:end]`` minus the mean of the margins of
     max(1, int(len * outer_ratio)) snippets on both sides (clipped to the video)."""
-    length = end - start
-    margin = max(1, int(length * outer_ratio))
-    inner = float(sequence[start:end].mean())
-    outer = np.concatenate([sequence[max(0, start - margin):start],
-                            sequence[end:min(len(sequence), end + margin)]])
-    return inner - (float(outer.mean()) if len(outer) else 0.0)
+    one = np.array([0])
+    return float(outer_inner_scores(np.asarray(sequence), one, one + len(sequence),
+                                    one + start, one + end, outer_ratio)[0])
+
+
+@dataclass(frozen=True)
+class SnippetScores:
+    """What :func:`generate_proposals` takes of one video (see there)."""
+
+    cas: np.ndarray
+    actionness: np.ndarray
+    fps: float
+    duration: float | None = None
+    video_scores: np.ndarray | None = None
 
 
 def generate_proposals(cas: np.ndarray, actionness: np.ndarray, fps: float,
@@ -80,8 +142,54 @@ def generate_proposals(cas: np.ndarray, actionness: np.ndarray, fps: float,
     classes, or (T, C) one sequence per class, in [0, 1]. ``video_scores`` (C,) overrides
     the top-k softmax scores (e.g. sigmoid scores of a multi-label head).
     """
-    cas = np.asarray(cas, dtype=np.float64)
-    act = np.asarray(actionness, dtype=np.float64)
+    video = SnippetScores(cas, actionness, fps, duration, video_scores)
+    return next(generate_proposals_many([video], config, frames_per_snippet))
+
+
+CHUNK_SNIPPETS = 1 << 20  # class sequences proposed at once, in snippets (bounds memory)
+
+
+def generate_proposals_many(videos: Iterable[SnippetScores], config: ProposalConfig,
+                            frames_per_snippet: int = 16) -> Iterator[list[Proposal]]:
+    """:func:`generate_proposals` of each video, in order (the same proposals): the
+    thresholds x selected classes x videos of a chunk of videos in array operations.
+
+    ``videos`` is read lazily, a chunk of about ``CHUNK_SNIPPETS`` snippets of selected
+    classes at a time, so it may be a generator (e.g. over the batches of a model)."""
+    chunk: list[_Prepared] = []
+    size = 0
+    for video in videos:
+        prepared = _prepare(video, config)
+        if chunk and size + prepared.snippets > CHUNK_SNIPPETS:
+            yield from _propose(chunk, config, frames_per_snippet)
+            chunk, size = [], 0
+        chunk.append(prepared)
+        size += prepared.snippets
+    if chunk:
+        yield from _propose(chunk, config, frames_per_snippet)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One video checked: its selected classes, their threshold sequences and the sequences
+    their runs are scored on, one row per class followed by a separator."""
+
+    fps: float
+    duration: float | None
+    classes: np.ndarray
+    weighted_scores: np.ndarray  # video_score_weight * video score, per selected class
+    thresholded: np.ndarray  # (classes, T + 1), -inf separator last
+    scored: np.ndarray  # (classes, T + 1)
+
+    @property
+    def snippets(self) -> int:
+        return self.thresholded.size
+
+
+def _prepare(video: SnippetScores, config: ProposalConfig) -> _Prepared:
+    cas = np.asarray(video.cas, dtype=np.float64)
+    act = np.asarray(video.actionness, dtype=np.float64)
+    fps = video.fps
     if cas.ndim != 2:
         raise ValueError(f"cas must be (T, C), got shape {cas.shape}")
     if act.shape not in ((cas.shape[0],), cas.shape):
@@ -91,28 +199,70 @@ def generate_proposals(cas: np.ndarray, actionness: np.ndarray, fps: float,
         raise ValueError("cas / actionness contain NaN or inf")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    scores = (video_level_scores(cas, config.topk_divisor) if video_scores is None
-              else np.asarray(video_scores, dtype=np.float64))
-    probs = np.exp(cas - cas.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    to_sec = frames_per_snippet / fps
-    out: list[Proposal] = []
-    for c in select_classes(scores, config.class_threshold):
-        seq = act if act.ndim == 1 else act[:, c]
-        cls_seq = probs[:, c] if act.ndim == 1 else seq
-        props = []
-        for thr in config.act_thresholds:
-            for s, e in contiguous_runs(seq >= thr):
-                score = (outer_inner_score(cls_seq, s, e, config.outer_ratio)
-                         + config.video_score_weight * scores[c])
-                t0, t1 = s * to_sec, e * to_sec
-                if duration is not None:
-                    t0, t1 = min(t0, duration), min(t1, duration)
-                if t1 > t0:
-                    props.append(Proposal(int(c), t0, t1, float(score)))
-        out.extend(soft_nms(props, config.nms_sigma))
-    out.sort(key=lambda p: -p.score)
-    return out[: config.max_proposals]
+    scores = (video_level_scores(cas, config.topk_divisor) if video.video_scores is None
+              else np.asarray(video.video_scores, dtype=np.float64))
+    peak = cas.max(1, keepdims=True)
+    classes = select_classes(scores, config.class_threshold)
+    t = cas.shape[0]
+    thresholded = np.full((len(classes), t + 1), -np.inf)
+    scored = np.zeros((len(classes), t + 1))
+    if act.ndim == 1:
+        probs = np.exp(cas - peak)
+        probs /= probs.sum(1, keepdims=True)
+        thresholded[:, :t] = act
+        scored[:, :t] = probs[:, classes].T
+    else:
+        thresholded[:, :t] = scored[:, :t] = act[:, classes].T
+    return _Prepared(fps, video.duration, classes, config.video_score_weight * scores[classes],
+                     thresholded, scored)
+
+
+def _propose(videos: list[_Prepared], config: ProposalConfig, frames_per_snippet: int
+             ) -> list[list[Proposal]]:
+    """Runs of every threshold in every class sequence, scored, in seconds, soft-NMS per
+    class, sorted per video: the loop of the one-video recipe, as array operations."""
+    # one row per (video, selected class): its sequences laid end to end, separators between
+    n_classes = np.array([len(v.classes) for v in videos])
+    video_of = np.repeat(np.arange(len(videos)), n_classes)
+    label = np.concatenate([v.classes for v in videos])
+    weighted = np.concatenate([v.weighted_scores for v in videos])
+    lengths = np.concatenate([np.full(len(v.classes), v.thresholded.shape[1] - 1)
+                              for v in videos])
+    thresholded = np.concatenate([v.thresholded.ravel() for v in videos])
+    scored = np.concatenate([v.scored.ravel() for v in videos])
+    first = np.cumsum(lengths + 1) - (lengths + 1)
+    # runs, ordered as the loop finds them: by class row, threshold, start
+    thresholds = np.asarray(config.act_thresholds, dtype=np.float64)
+    level, start, end = find_runs(thresholded[None, :] >= thresholds[:, None])
+    row = np.searchsorted(first, start, "right") - 1
+    order = np.argsort(row * len(thresholds) + level, kind="stable")
+    row, start, end = row[order], start[order], end[order]
+    score = (outer_inner_scores(scored, first[row], first[row] + lengths[row], start, end,
+                                config.outer_ratio) + weighted[row])
+    to_sec = np.array([frames_per_snippet / v.fps for v in videos],
+                      dtype=np.float64)[video_of[row]]
+    t0, t1 = (start - first[row]) * to_sec, (end - first[row]) * to_sec
+    duration = np.array([np.nan if v.duration is None else v.duration for v in videos],
+                        dtype=np.float64)[video_of[row]]
+    # min(t, duration) as Python takes it: t unless duration < t (never for NaN: no duration)
+    t0, t1 = np.where(duration < t0, duration, t0), np.where(duration < t1, duration, t1)
+    keep = t1 > t0
+    row, t0, t1, score = row[keep], t0[keep], t1[keep], score[keep]
+    kept, kept_score = soft_nms_groups(t0, t1, score, np.bincount(row, minlength=len(label)),
+                                       config.nms_sigma)
+    # per video: all its classes' survivors by decreasing score (ties: class, then order kept)
+    video = video_of[row[kept]]
+    by_score = np.argsort(-kept_score, kind="stable")
+    order = by_score[np.argsort(video[by_score], kind="stable")]
+    kept, kept_score, video = kept[order], kept_score[order], video[order]
+    bounds = np.searchsorted(video, np.arange(len(videos) + 1))
+    made = list(map(Proposal, label[row[kept]].tolist(), t0[kept].tolist(), t1[kept].tolist(),
+                    kept_score.tolist()))
+    out = []
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        lo, hi, _ = slice(None, config.max_proposals).indices(b - a)
+        out.append(made[a + lo:a + max(lo, hi)])
+    return out
 
 
 def remove_ambiguous(proposals: list[Proposal], ambiguous: list[tuple[float, float]]
