@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from mllm4wtal.config import with_overrides
-from mllm4wtal.data.batching import TrainBatchSampler
 from mllm4wtal.data.types import Video
 from mllm4wtal.model.csr import (
     CSR,
@@ -25,12 +24,11 @@ from mllm4wtal.model.csr import (
 )
 from mllm4wtal.model.losses import masked_word_nll
 from mllm4wtal.text import bundle as bundle_module
-from mllm4wtal.text.bundle import Sentence, TextBundle, build_text_bundle
+from mllm4wtal.text.bundle import Sentence, TextBundle
 from mllm4wtal.text.masking import num_to_mask
 from mllm4wtal.text.tensors import TextTensors
 from mllm4wtal.text.vocab import MASK, PAD, SPECIALS, START, Vocabulary
-from mllm4wtal.train.dpid import DPID
-from mllm4wtal.train.loop import build_model, make_batch, seed_everything
+from train_helpers import setup
 
 # ---------------------------------------------------------------- helpers
 
@@ -83,17 +81,6 @@ def tiny_bundle(sentences: dict[str, list[Sentence]]) -> TextBundle:
 def video(name: str) -> Video:
     return Video(name=name, subset="validation", features=np.zeros((4, 2), np.float32),
                  labels=(0,), segments=(), duration=1.0, fps=25.0)
-
-
-def setup(cfg, data):
-    seed_everything(0)
-    text = build_text_bundle(cfg, data)
-    model = build_model(cfg, data, text)
-    dpid = DPID(model, cfg)
-    sampler = TrainBatchSampler.from_dataset(data, batch_size=cfg.data.batch_size,
-                                             max_seqlen=cfg.data.max_seqlen, n_similar=1, seed=0)
-    batch = make_batch(cfg, data, sampler, text, np.random.default_rng(0))
-    return model, dpid, batch
 
 
 # ---------------------------------------------------------------- (a) masking and L_CSR
@@ -419,3 +406,35 @@ def test_phase2_shared_attention_does_train_the_video_branch(tiny_cfg, tiny_data
     for part in (model.ksm, model.loc):
         for name, p in part.named_parameters():
             assert no_grad(p), name
+
+
+def _scores_formula(q, k, v, weight, key_mask):
+    """The A-weighted attention as first written: the (m, T) scores materialised."""
+    heads = (None,) * (q.dim() - 3)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    scores = scores * weight[(slice(None), *heads, None, slice(None))]
+    scores = scores.masked_fill(~key_mask[(slice(None), *heads, None, slice(None))],
+                                float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@pytest.mark.parametrize(("lead", "m", "t", "d"), [((3,), 5, 7, 4), ((2, 3), 4, 9, 8)])
+def test_weighted_attention_equals_the_score_formula(lead, m, t, d):
+    """Folding A into the keys and running scaled_dot_product_attention gives the numbers
+    (and gradients) of the materialised formula, one head or several, padded keys."""
+    g = torch.Generator().manual_seed(m * t)
+    b = lead[0]
+    q = torch.randn(*lead, m, d, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(*lead, t, d, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(*lead, t, d, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(b, t, generator=g, dtype=torch.float64, requires_grad=True)
+    lengths = torch.randint(1, t + 1, (b,), generator=g)
+    key_mask = torch.arange(t)[None, :] < lengths[:, None]
+    got = weighted_attention(q, k, v, weight, key_mask)
+    want = _scores_formula(q, k, v, weight, key_mask)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    up = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((got * up).sum(), (q, k, v, weight))
+    want_grads = torch.autograd.grad((want * up).sum(), (q, k, v, weight))
+    for a, e in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-11)

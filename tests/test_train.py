@@ -5,28 +5,15 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from mllm4wtal.config import with_overrides
-from mllm4wtal.data.batching import TrainBatchSampler
 from mllm4wtal.errors import DivergenceError
 from mllm4wtal.inference.evaluate import ModelEvaluator
-from mllm4wtal.text.bundle import build_text_bundle
 from mllm4wtal.train.checkpoint import load_checkpoint
 from mllm4wtal.train.dpid import DPID
-from mllm4wtal.train.loop import build_model, make_batch, seed_everything, train
-
-
-def setup(cfg, data):
-    seed_everything(0)
-    text = build_text_bundle(cfg, data)
-    model = build_model(cfg, data, text)
-    dpid = DPID(model, cfg)
-    sampler = TrainBatchSampler.from_dataset(data, batch_size=cfg.data.batch_size,
-                                             max_seqlen=cfg.data.max_seqlen, n_similar=1, seed=0)
-    batch = make_batch(cfg, data, sampler, text, np.random.default_rng(0))
-    return model, dpid, batch
+from mllm4wtal.train.loop import train
+from train_helpers import setup
 
 
 def snapshot(params):

@@ -17,9 +17,8 @@ then FC to the vocabulary (eq. 16); L_CSR is the NLL of the masked words (eq. 17
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mllm4wtal.model.base import Attention
@@ -27,14 +26,17 @@ from mllm4wtal.model.base import Attention
 
 def weighted_attention(q: Tensor, k: Tensor, v: Tensor, weight: Tensor, key_mask: Tensor
                        ) -> Tensor:
-    """softmax(q k^T / sqrt(d) * weight) v (eq. 14-15), one head.
+    """softmax(q k^T / sqrt(d) * weight) v (eq. 14-15).
 
-    q (B, m, d), k/v (B, T, d), weight (B, T) over the keys, key_mask (B, T) valid keys.
+    q (B, [H,] m, d), k/v (B, [H,] T, d), weight (B, T) over the keys, key_mask (B, T)
+    valid keys. The weight multiplies the score of key j, q.k_j * w_j = q.(w_j k_j), so it
+    is folded into the keys and the product runs in ``scaled_dot_product_attention``: no
+    (m, T) score matrix per head is kept for the backward pass where the kernel allows.
     """
-    scores = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])
-    scores = scores * weight[:, None, :]
-    scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
+    heads = (None,) * (q.dim() - 3)  # broadcast over the head dimension, if any
+    k = k * weight[(slice(None), *heads, slice(None), None)]
+    mask = key_mask[(slice(None), *heads, None, slice(None))]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class WeightedMHA(nn.Module):
@@ -50,16 +52,14 @@ class WeightedMHA(nn.Module):
 
     def forward(self, x: Tensor, mem: Tensor, weight: Tensor, key_mask: Tensor) -> Tensor:
         b, m, d = x.shape
-        t = mem.shape[1]
         h = self.heads
 
-        def split(z: Tensor, n: int) -> Tensor:
-            return z.view(b, n, h, d // h).transpose(1, 2).reshape(b * h, n, d // h)
+        def split(z: Tensor) -> Tensor:  # (B, n, d) -> (B, h, n, d / h), a view
+            return z.view(b, z.shape[1], h, d // h).transpose(1, 2)
 
-        out = weighted_attention(
-            split(self.q(x), m), split(self.k(mem), t), split(self.v(mem), t),
-            weight.repeat_interleave(h, 0), key_mask.repeat_interleave(h, 0))
-        return self.o(out.view(b, h, m, d // h).transpose(1, 2).reshape(b, m, d))
+        out = weighted_attention(split(self.q(x)), split(self.k(mem)), split(self.v(mem)),
+                                 weight, key_mask)
+        return self.o(out.transpose(1, 2).reshape(b, m, d))
 
 
 class _FFN(nn.Sequential):
