@@ -44,7 +44,7 @@ def test_phase1_leaves_csr_untouched_and_phase2_leaves_ksm_untouched(tiny_cfg, t
     assert any(changed(k0, ksm_p)) and not any(changed(c0, csr_p))
 
     k1, c1 = snapshot(ksm_p), snapshot(csr_p)
-    rec = dpid._rec_with_teacher(batch, joint=False)
+    rec = dpid.rec_losses(batch, dpid._ksm_teacher(batch))
     dpid._zero()
     dpid._total(rec, 0, "rec").backward()
     assert all(p.grad is None for p in ksm_p)  # sg(A_KSM)
@@ -128,3 +128,42 @@ def test_divergence_names_iteration_and_term_and_keeps_checkpoint(tiny_cfg, tiny
     with pytest.raises(DivergenceError, match=r"iteration 2: loss term 'focal'.*last\.pt"):
         _train(tiny_cfg, tiny_data, tmp_path / "d")
     assert load_checkpoint(tmp_path / "d/last.pt")["iteration"] == 2
+
+
+def test_teachers_run_in_eval_mode_without_gradient(tiny_cfg, tiny_data, monkeypatch):
+    """Each teacher handed to a loss is the other side's attention in eval mode (no
+    dropout: recomputing it gives the same numbers) without gradient, and the step leaves
+    every module in train mode."""
+    from mllm4wtal.train.dpid import teacher_mode
+
+    model, dpid, batch = setup(tiny_cfg, tiny_data)
+    seen: dict[str, torch.Tensor] = {}
+    match, rec = dpid.match_losses, dpid.rec_losses
+
+    def spy_match(b, a_csr):
+        with teacher_mode(model.csr):
+            again = model.csr_attention(b.features)
+        assert not a_csr.requires_grad and torch.equal(a_csr, again)
+        seen["a_csr"] = a_csr
+        return match(b, a_csr)
+
+    def spy_rec(b, a_ksm, video=None):
+        with teacher_mode(model.base):  # the KSM side as phase 1 left it
+            again = model.base(b.features, b.mask).attention
+        assert not a_ksm.requires_grad and torch.equal(a_ksm, again)
+        seen["a_ksm"] = a_ksm
+        return rec(b, a_ksm, video)
+
+    monkeypatch.setattr(dpid, "match_losses", spy_match)
+    monkeypatch.setattr(dpid, "rec_losses", spy_rec)
+    dpid.step(batch, 0)
+    assert set(seen) == {"a_csr", "a_ksm"}
+    assert all(m.training for m in model.modules())
+
+
+def test_csr_attention_has_dropout_in_train_mode(tiny_cfg, tiny_data):
+    """What makes the teachers' eval mode a real choice: in train mode two passes differ."""
+    model, _, batch = setup(tiny_cfg, tiny_data)
+    with torch.no_grad():
+        assert not torch.equal(model.csr_attention(batch.features),
+                               model.csr_attention(batch.features))

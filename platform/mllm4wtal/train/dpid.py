@@ -20,6 +20,7 @@ against it, so the sweep layer's list of metrics (``sweep.spaces``) cannot drift
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +82,19 @@ def loss_names(cfg: Config, iteration: int) -> set[str]:
     return names
 
 
+@contextlib.contextmanager
+def teacher_mode(module: torch.nn.Module) -> Iterator[None]:
+    """A teacher pass: ``module`` in eval mode (no dropout) and no gradient; its mode is
+    restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
+
+
 class DPID:
     """Two optimisers and the per-iteration phases for one MLLM4WTAL model."""
 
@@ -122,13 +136,15 @@ class DPID:
                 out.attention, a_csr, out.base.embedding, batch.mask)
         return losses
 
-    def rec_losses(self, batch: Batch, a_ksm: Tensor | None) -> dict[str, Tensor]:
+    def rec_losses(self, batch: Batch, a_ksm: Tensor | None,
+                   video: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         """L_rec (eq. 20), weighted terms; ``a_ksm`` is the teacher, or under ``share``
-        the attention CSR reconstructs through (with gradient)."""
+        the attention CSR reconstructs through (with gradient). ``video``: CSR's
+        (F_complete, A_CSR) of the batch when the caller already computed them."""
         cfg, csr = self.cfg, self.model.csr
         assert csr is not None and batch.text_ids is not None
         assert batch.text_mask is not None and batch.masked is not None
-        f_complete, a_csr = csr.embed_video(batch.features)
+        f_complete, a_csr = video if video is not None else csr.embed_video(batch.features)
         share = cfg.dpid.distill == "share"
         weight = a_ksm if share and a_ksm is not None else a_csr
         words = self.model.word_vectors[batch.text_ids]
@@ -159,7 +175,23 @@ class DPID:
     # ------------------------------------------------------------------ one iteration
 
     def step(self, batch: Batch, iteration: int) -> dict[str, float]:
-        """One DPID iteration; returns every weighted term and the two phase totals."""
+        """One DPID iteration; returns every weighted term and the two phase totals.
+
+        The forward passes of the alternating schedule, and why each exists:
+
+        1. phase 1 teacher: A_CSR, no gradient: the sg(A_CSR) of eq. 19;
+        2. phase 1 student: the video branch and the localization head (L_match);
+        3. phase 2 teacher: A_KSM of the KSM side *after* phase 1's step, no gradient: the
+           sg(A_KSM) of eq. 20. Phase 1's A_KSM cannot stand in for it: DPID orders the
+           KSM-side update before phase 2, so the CSR side learns from the updated prior;
+        4. phase 2 student: CSR's embedding, attention and reconstructor (L_rec).
+
+        Teachers run in eval mode (:func:`teacher_mode`): a teacher is a target, a constant
+        by its stop-gradient, and dropout in it would only add noise to that target (and
+        cost random numbers). The ``joint`` schedule has one objective and one forward of
+        each side: its sg(A_CSR) is the CSR forward's own A_CSR, detached, so pass 1 is
+        not run; sg(A_KSM) still needs a teacher pass, since L_rec is built first.
+        """
         cfg, m = self.cfg, self.model
         m.train()
         warm = iteration < cfg.dpid.warmup_iterations
@@ -167,10 +199,11 @@ class DPID:
         train_csr = m.csr is not None and not warm
 
         if cfg.dpid.schedule == "joint" and train_csr:
+            assert m.csr is not None
             with self.autocast:
-                rec = self._rec_with_teacher(batch, joint=True)
-                a_csr = rec.pop("_a_csr")
-                match = self.match_losses(batch, a_csr if couple else None)
+                video = m.csr.embed_video(batch.features)
+                rec = self.rec_losses(batch, self._ksm_teacher(batch), video)
+                match = self.match_losses(batch, video[1].detach() if couple else None)
             total = self._total(match, iteration, "match") + self._total(rec, iteration, "rec")
             self._zero()
             total.backward()
@@ -182,7 +215,8 @@ class DPID:
         with self.autocast:  # phase 1: KSM side
             a_csr = None
             if couple:
-                with torch.no_grad():
+                assert m.csr is not None
+                with teacher_mode(m.csr):
                     a_csr = m.csr_attention(batch.features)
             match = self.match_losses(batch, a_csr)
         self._zero()
@@ -192,26 +226,24 @@ class DPID:
         rec: dict[str, Tensor] = {}
         if train_csr:  # phase 2: CSR side, teacher from the updated KSM side
             with self.autocast:
-                rec = self._rec_with_teacher(batch, joint=False)
-                rec.pop("_a_csr", None)
+                rec = self.rec_losses(batch, self._ksm_teacher(batch))
             self._zero()
             self._total(rec, iteration, "rec").backward()
             assert self.opt_csr is not None
             self.opt_csr.step()
         return self._report(match, rec, iteration)
 
-    def _rec_with_teacher(self, batch: Batch, joint: bool) -> dict[str, Tensor]:
+    def _ksm_teacher(self, batch: Batch) -> Tensor | None:
+        """What L_rec takes of the KSM side: the teacher sg(A_KSM), none without
+        distillation, or under ``share`` A_KSM itself, with gradient and dropout (it is the
+        attention CSR reconstructs through, not a target)."""
         m, distill = self.model, self.cfg.dpid.distill
-        a_ksm = None
         if distill == "share":
-            a_ksm = m.base(batch.features, batch.mask).attention  # with gradient
-        elif distill != "none":
-            with torch.no_grad():
-                a_ksm = m.base(batch.features, batch.mask).attention
-        rec = self.rec_losses(batch, a_ksm)
-        if joint:
-            rec["_a_csr"] = m.csr_attention(batch.features).detach()
-        return rec
+            return m.base(batch.features, batch.mask).attention
+        if distill == "none":
+            return None
+        with teacher_mode(m.base):
+            return m.base(batch.features, batch.mask).attention
 
     def _zero(self) -> None:
         self.opt_ksm.zero_grad(set_to_none=True)
