@@ -1,14 +1,21 @@
-"""The proposal code before vectorisation (issue 15), kept verbatim as the reference the
-vectorised ``mllm4wtal.inference`` must match exactly: same proposals, same order, same
-float64 scores. For tests and ``jobs/bench/scaling.py --compare-reference`` only.
+"""The evaluation pass before issue 15, kept verbatim as the reference the new one must
+match exactly: same proposals, same order, same float64 scores, same mAP. For tests and
+``jobs/bench/scaling.py --compare-reference`` only.
 
-A Python loop over classes x thresholds x runs, and a per-proposal soft-NMS loop.
+A Python loop over classes x thresholds x runs, a per-proposal soft-NMS loop, and the
+pass that fed them: batches of 16 videos in the dataset's order, the whole video branch
+(KSM included) for every inference source.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from mllm4wtal.inference import Proposal, ProposalConfig
+import torch
+from mllm4wtal.data.batching import pad_batch
+from mllm4wtal.evaluation import evaluate_detection
+from mllm4wtal.inference import Proposal, ProposalConfig, remove_ambiguous, results_json
+from mllm4wtal.inference.evaluate import proposal_config
+from mllm4wtal.model.losses import topk_mean
 
 
 def soft_nms(proposals: list[Proposal], sigma: float, min_score: float = -np.inf
@@ -127,3 +134,45 @@ def generate_proposals_many(videos, config: ProposalConfig, frames_per_snippet: 
     for v in videos:
         yield generate_proposals(v.cas, v.actionness, v.fps, config, frames_per_snippet,
                                  v.duration, v.video_scores)
+
+
+@torch.no_grad()
+def snippet_scores(model, features, mask, source, topk):
+    out = model.video(features, mask)
+    if source == "loc_head":
+        cas = out.loc_logits.float()
+        act = torch.sigmoid(cas)
+        scores = torch.sigmoid(topk_mean(cas, mask, topk))
+    else:
+        cas = out.cas.float()[..., : model.num_classes]
+        act = out.attention.float()
+        scores = torch.softmax(topk_mean(out.cas.float(), mask, topk), -1)[:, : model.num_classes]
+    res = []
+    for i in range(features.shape[0]):
+        n = int(mask[i].sum())
+        res.append((cas[i, :n].cpu().numpy(), act[i, :n].cpu().numpy(), scores[i].cpu().numpy()))
+    return res
+
+
+def evaluate_model(model, dataset, cfg, device, batch_size=16):
+    was_training = model.training
+    model.eval()
+    pcfg = proposal_config(cfg)
+    videos = dataset.test
+    per_video = {}
+    for b in range(0, len(videos), batch_size):
+        chunk = videos[b:b + batch_size]
+        features, mask = pad_batch([v.features for v in chunk])
+        scored = snippet_scores(model, features.to(device), mask.to(device),
+                                cfg.inference.source, cfg.inference.topk_divisor)
+        for v, (cas, act, scores) in zip(chunk, scored, strict=True):
+            props = generate_proposals(cas, act, v.fps, pcfg, dataset.frames_per_snippet,
+                                       v.duration, video_scores=scores)
+            if cfg.inference.remove_ambiguous:
+                props = remove_ambiguous(props, dataset.ambiguous.get(v.name, []))
+            per_video[v.name] = props
+    model.train(was_training)
+    predictions = results_json(per_video, dataset.classes, version=dataset.name)
+    result = evaluate_detection(dataset.ground_truth(dataset.test_subset), predictions,
+                                cfg.eval.tious)
+    return result, predictions

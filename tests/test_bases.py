@@ -45,7 +45,7 @@ def test_forward_shapes_and_ranges(name):
     assert all(torch.isfinite(t).all() for t in (out.embedding, out.cas))
 
 
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", [*NEW, "mil"])
 def test_padding_changes_nothing(name):
     model = make(name).eval()
     if isinstance(model, DELU):
@@ -251,3 +251,28 @@ def test_trains_through_the_loop(name, ksm, tiny_overrides, tmp_path):
     if name == "delu":
         state = load_checkpoint(run / "last.pt")["model"]
         assert int(state["base.steps_seen"]) == cfg.train.iterations
+
+
+@pytest.mark.parametrize("base", ["mil", "co2net", "delu", "um"])
+def test_the_full_model_does_not_see_its_batch(base, tiny_cfg, tiny_data):
+    """A video's KSM class activation, attention, localization head and A_CSR are the same
+    alone and padded in a batch with a longer video: evaluation does not depend on which
+    videos share a batch, nor on their order."""
+    from mllm4wtal.config import with_overrides
+    from mllm4wtal.data.batching import pad_batch
+    from mllm4wtal.text.bundle import build_text_bundle
+    from mllm4wtal.train.loop import build_model
+
+    cfg = with_overrides(tiny_cfg, {"model.base": base})
+    model = build_model(cfg, tiny_data, build_text_bundle(cfg, tiny_data)).eval()
+    short, long = sorted(tiny_data.test, key=lambda v: v.num_snippets)[:: len(tiny_data.test) - 1]
+    assert short.num_snippets < long.num_snippets
+    n = short.num_snippets
+    alone, padded = pad_batch([short.features]), pad_batch([short.features, long.features])
+    with torch.no_grad():
+        a, p = model.video(*alone), model.video(*padded)
+        for field in ("cas", "attention", "loc_logits", "loc_dist"):
+            torch.testing.assert_close(getattr(p, field)[0, :n], getattr(a, field)[0, :n],
+                                       rtol=1e-5, atol=1e-5, msg=field)
+        torch.testing.assert_close(model.csr_attention(*padded)[0, :n],
+                                   model.csr_attention(*alone)[0, :n], rtol=1e-5, atol=1e-5)

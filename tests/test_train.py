@@ -35,7 +35,7 @@ def test_phase1_leaves_csr_untouched_and_phase2_leaves_ksm_untouched(tiny_cfg, t
     assert not any(id(p) in ids for p in csr_p)  # the two sides are disjoint
 
     k0, c0 = snapshot(ksm_p), snapshot(csr_p)
-    a_csr = model.csr_attention(batch.features).detach()
+    a_csr = model.csr_attention(batch.features, batch.mask).detach()
     losses = dpid.match_losses(batch, a_csr)
     dpid._zero()
     dpid._total(losses, 0, "match").backward()
@@ -142,7 +142,7 @@ def test_teachers_run_in_eval_mode_without_gradient(tiny_cfg, tiny_data, monkeyp
 
     def spy_match(b, a_csr):
         with teacher_mode(model.csr):
-            again = model.csr_attention(b.features)
+            again = model.csr_attention(b.features, b.mask)
         assert not a_csr.requires_grad and torch.equal(a_csr, again)
         seen["a_csr"] = a_csr
         return match(b, a_csr)

@@ -14,9 +14,10 @@ set while measuring (``ru_maxrss`` after resetting it through /proc/self/clear_r
 that reset is refused, the peak includes building the data and model, and is marked ``*``),
 and on CUDA also ``torch.cuda.max_memory_allocated``.
 
-``--compare-reference`` times, per N, the evaluation pass with today's proposals against the
-loop they replaced (``tests/proposals_reference.py``) in one process, checks that both give
-the same predictions and mAP, and times the proposals alone on the same model outputs.
+``--compare-reference`` times, per N, today's evaluation pass against the pass before issue
+15 (``tests/proposals_reference.py``: batches of 16 in dataset order, the whole video branch,
+the proposal loop) in one process, checks that both give the same predictions and mAP, and
+times the proposals alone on the same model outputs.
 
     .venv/bin/python jobs/bench/scaling.py                      # the full table (minutes)
     .venv/bin/python jobs/bench/scaling.py --compare-reference --videos 200 1000 5000
@@ -200,18 +201,9 @@ def run_compare(job: dict) -> dict:
     t0 = time.perf_counter()
     new_result, new_predictions = evaluate_module.evaluate_model(model, data, cfg, device)
     t_new = time.perf_counter() - t0
-    replaced = {name: getattr(evaluate_module, name)
-                for name in ("generate_proposals", "generate_proposals_many")
-                if hasattr(evaluate_module, name)}
-    for name in replaced:
-        setattr(evaluate_module, name, getattr(reference, name))
-    try:
-        t0 = time.perf_counter()
-        ref_result, ref_predictions = evaluate_module.evaluate_model(model, data, cfg, device)
-        t_ref = time.perf_counter() - t0
-    finally:
-        for name, fn in replaced.items():
-            setattr(evaluate_module, name, fn)
+    t0 = time.perf_counter()
+    ref_result, ref_predictions = reference.evaluate_model(model, data, cfg, device)
+    t_ref = time.perf_counter() - t0
     t0 = time.perf_counter()
     new = list(generate_proposals_many(inputs, pcfg, fps))
     p_new = time.perf_counter() - t0

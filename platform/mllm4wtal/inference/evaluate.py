@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from mllm4wtal.config import Config, from_flat, parse_override
+from mllm4wtal.config import Config, from_flat, parse_override, to_flat
 from mllm4wtal.data.batching import pad_batch
 from mllm4wtal.data.load import load_from_config
-from mllm4wtal.data.types import WTALDataset
+from mllm4wtal.data.types import Video, WTALDataset
 from mllm4wtal.errors import UserError
 from mllm4wtal.evaluation import DetectionResult, average_metric_name, evaluate_detection
 from mllm4wtal.inference import (
@@ -58,14 +58,14 @@ def check_inference(cfg: Config) -> None:
 def snippet_scores(model: MLLM4WTAL, features: torch.Tensor, mask: torch.Tensor, source: str,
                    topk: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per video of a padded batch: (cas (T, C) logits, actionness, video scores (C,))."""
-    out = model.video(features, mask)
     if source == "loc_head":
-        if out.loc_logits is None:
+        if model.loc is None:
             raise UserError(NO_LOC_HEAD)
-        cas = out.loc_logits.float()
+        cas = model.localize(features, mask).float()
         act = torch.sigmoid(cas)
         scores = torch.sigmoid(topk_mean(cas, mask, topk))
     else:
+        out = model.video(features, mask)
         cas = out.cas.float()[..., : model.num_classes]
         act = out.attention.float()
         scores = torch.softmax(topk_mean(out.cas.float(), mask, topk), -1)[:, : model.num_classes]
@@ -76,30 +76,45 @@ def snippet_scores(model: MLLM4WTAL, features: torch.Tensor, mask: torch.Tensor,
     return res
 
 
+def length_batches(videos: list[Video], max_snippets: int) -> Iterator[list[Video]]:
+    """``videos`` sorted by length, in batches of at most ``max_snippets`` padded snippets
+    (at least one video each): little padding, and the model's outputs do not depend on
+    its batch (its convolutions are padding-exact), so the order is free."""
+    batch: list[Video] = []
+    for v in sorted(videos, key=lambda v: v.num_snippets):
+        if batch and (len(batch) + 1) * v.num_snippets > max_snippets:
+            yield batch
+            batch = []
+        batch.append(v)
+    if batch:
+        yield batch
+
+
 def evaluate_model(model: MLLM4WTAL, dataset: WTALDataset, cfg: Config, device: torch.device,
-                   batch_size: int = 16) -> tuple[DetectionResult, dict]:
-    """mAP of the model on ``dataset.test`` and the predictions (ActivityNet JSON)."""
+                   batch_snippets: int = 32768) -> tuple[DetectionResult, dict]:
+    """mAP of the model on ``dataset.test`` and the predictions (ActivityNet JSON, videos in
+    the dataset's order)."""
     was_training = model.training
     model.eval()
     pcfg = proposal_config(cfg)
-    videos = dataset.test
+    batches = list(length_batches(dataset.test, batch_snippets))
 
     def scored() -> Iterator[SnippetScores]:  # lazily, batch by batch
-        for b in range(0, len(videos), batch_size):
-            chunk = videos[b:b + batch_size]
+        for chunk in batches:
             features, mask = pad_batch([v.features for v in chunk])
             outputs = snippet_scores(model, features.to(device), mask.to(device),
                                      cfg.inference.source, cfg.inference.topk_divisor)
             for v, (cas, act, scores) in zip(chunk, outputs, strict=True):
                 yield SnippetScores(cas, act, v.fps, v.duration, scores)
 
-    per_video = {}
+    found = {}
     proposals = generate_proposals_many(scored(), pcfg, dataset.frames_per_snippet)
-    for v, props in zip(videos, proposals, strict=True):
+    for v, props in zip((v for chunk in batches for v in chunk), proposals, strict=True):
         if cfg.inference.remove_ambiguous:
             props = remove_ambiguous(props, dataset.ambiguous.get(v.name, []))
-        per_video[v.name] = props
+        found[v.name] = props
     model.train(was_training)
+    per_video = {v.name: found[v.name] for v in dataset.test}
     predictions = results_json(per_video, dataset.classes, version=dataset.name)
     result = evaluate_detection(dataset.ground_truth(dataset.test_subset), predictions,
                                 cfg.eval.tious)
@@ -133,6 +148,30 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None
     return evaluate_model(model, dataset, cfg, device)
 
 
+#: config keys ``evaluate --checkpoint --set`` may change: where the data are, how
+#: proposals are made and scored, where the model runs; the rest define the trained model
+EVALUATION_KEYS = ("data.", "inference.", "eval.", "train.device", "train.bf16")
+
+
+def check_evaluation_overrides(path: str, saved: Config, cfg: Config) -> None:
+    """Refuse overrides that change the model a checkpoint holds, naming the keys."""
+    old, new = to_flat(saved), to_flat(cfg)
+    changed = [k for k in new if new[k] != old[k] and not k.startswith(EVALUATION_KEYS)]
+    if changed:
+        shown = ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise UserError(f"{path}: --set changes the trained model's config: {shown}{more}; "
+                        "at evaluation only data.*, inference.*, eval.*, train.device and "
+                        "train.bf16 may change (train a new run for another model)")
+
+
+def _state_dict_problem(e: RuntimeError) -> str:
+    """The first lines of torch's load_state_dict report, on one line."""
+    lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+    text = "; ".join(lines) or str(e)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def load_checkpoint_model(path: str, overrides: list[str] | None = None,
                           dataset: WTALDataset | None = None
                           ) -> tuple[MLLM4WTAL, Config, WTALDataset, torch.device]:
@@ -140,8 +179,10 @@ def load_checkpoint_model(path: str, overrides: list[str] | None = None,
     ``overrides``, and its dataset (``dataset`` when given, e.g. one shared by several
     checkpoints, else loaded from the config)."""
     state = load_checkpoint(path)
-    flat = {**state["config"], **dict(parse_override(o) for o in overrides or [])}
-    cfg = from_flat(flat, where=f"{path} config")
+    saved = from_flat(state["config"], where=f"{path} config")
+    extra = dict(parse_override(o) for o in overrides or [])
+    cfg = from_flat({**state["config"], **extra}, where=f"{path} config with --set")
+    check_evaluation_overrides(path, saved, cfg)
     if dataset is None:
         dataset = load_from_config(cfg.data)
     if dataset.classes != state["classes"]:
@@ -157,6 +198,11 @@ def load_checkpoint_model(path: str, overrides: list[str] | None = None,
                                dtype=torch.long))
     device = resolve_device(cfg.train.device)
     model = MLLM4WTAL(cfg, dataset.num_classes, dataset.feature_dim, dataset.rgb_dim, text)
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # shapes or names differ: the data are not the run's
+        raise UserError(f"{path}: the weights do not fit the model built for the dataset at "
+                        f"data.root = {cfg.data.root!r} ({_state_dict_problem(e)}); point "
+                        "data.* at the dataset the run was trained on") from None
     model.to(device).eval()
     return model, cfg, dataset, device

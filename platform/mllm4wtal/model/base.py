@@ -36,6 +36,20 @@ def conv1d(in_dim: int, out_dim: int, kernel: int = 3) -> nn.Conv1d:
     return nn.Conv1d(in_dim, out_dim, kernel, padding=kernel // 2)
 
 
+def masked_stack(layers: nn.Sequential, x: Tensor, mask: Tensor | None) -> Tensor:
+    """Run ``layers`` on x (B, D, T); padded columns (``mask`` (B, T) False) are zeroed
+    before every wide conv, so a video's result does not depend on how far its batch pads
+    it (a conv's own zero padding and a batch's padding then look the same)."""
+    if mask is None:
+        return layers(x)
+    m = mask[:, None].to(x.dtype)
+    for layer in layers:
+        if isinstance(layer, nn.Conv1d) and layer.kernel_size[0] > 1:
+            x = x * m
+        x = layer(x)
+    return x
+
+
 class Attention(nn.Module):
     """A = sigmoid(conv stack(x)): the snippet attention of eq. 3 / eq. 13."""
 
@@ -46,9 +60,9 @@ class Attention(nn.Module):
             conv1d(hidden, hidden), nn.LeakyReLU(0.2), conv1d(hidden, 1, 1),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, T, dim) -> (B, T) in [0, 1]."""
-        return torch.sigmoid(self.net(x.transpose(1, 2))).squeeze(1)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x (B, T, dim), mask (B, T) of valid snippets (None: all) -> (B, T) in [0, 1]."""
+        return torch.sigmoid(masked_stack(self.net, x.transpose(1, 2), mask)).squeeze(1)
 
 
 class VideoEmbedding(nn.Module):
@@ -61,8 +75,8 @@ class VideoEmbedding(nn.Module):
             conv1d(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.transpose(1, 2)).transpose(1, 2)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return masked_stack(self.net, x.transpose(1, 2), mask).transpose(1, 2)
 
 
 class ClassHead(nn.Module):
@@ -107,8 +121,8 @@ class MILBaseline(BaseWTAL):
         self.norm_weight, self.guide_weight = norm_weight, guide_weight
 
     def forward(self, features: Tensor, mask: Tensor) -> BaseOutput:
-        emb = self.embed(features)
-        return BaseOutput(embedding=emb, attention=self.attn(emb), cas=self.head(emb))
+        emb = self.embed(features, mask)
+        return BaseOutput(embedding=emb, attention=self.attn(emb, mask), cas=self.head(emb))
 
     def aux_losses(self, out: BaseOutput, cas: Tensor, labels: Tensor, mask: Tensor,
                    topk: int) -> dict[str, Tensor]:

@@ -44,6 +44,7 @@ from mllm4wtal.model.base import (
     ClassHead,
     conv1d,
     guide_loss,
+    masked_stack,
 )
 from mllm4wtal.model.losses import EPS, masked_mean
 
@@ -54,17 +55,6 @@ def kaiming_init(module: nn.Module) -> None:
         nn.init.kaiming_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-
-
-def _masked_stack(layers: nn.Sequential, x: Tensor, mask: Tensor) -> Tensor:
-    """Run ``layers`` on x (B, D, T); padded columns are zeroed before every wide conv, so a
-    video's result does not depend on how far it is padded."""
-    m = mask[:, None].to(x.dtype)
-    for layer in layers:
-        if isinstance(layer, nn.Conv1d) and layer.kernel_size[0] > 1:
-            x = x * m
-        x = layer(x)
-    return x
 
 
 class ModalityAttention(Attention):
@@ -79,7 +69,7 @@ class ModalityAttention(Attention):
         """x (B, T, dim) -> (B, T) in [0, 1]."""
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        logit = _masked_stack(self.net, x.transpose(1, 2), mask)
+        logit = masked_stack(self.net, x.transpose(1, 2), mask)
         return torch.sigmoid(self.logit_dropout(logit)).squeeze(1)
 
 

@@ -129,10 +129,11 @@ class CSR(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.vocab_head = nn.Linear(dim, vocab_size)  # eq. 16
 
-    def embed_video(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """F_complete (B, T, dim) and A_CSR (B, T)."""
+    def embed_video(self, features: Tensor, mask: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor]:
+        """F_complete (B, T, dim) and A_CSR (B, T); ``mask`` (B, T) valid snippets."""
         fc = self.fc(features)
-        return fc, self.attn(fc)
+        return fc, self.attn(fc, mask)
 
     def reconstruct(self, f_complete: Tensor, weight: Tensor, video_mask: Tensor,
                     word_vectors: Tensor, text_mask: Tensor, masked: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mllm4wtal.model.base import conv1d
+from mllm4wtal.model.base import conv1d, masked_stack
 from mllm4wtal.model.losses import PseudoLabels
 
 
@@ -31,8 +31,11 @@ class LocHead(nn.Module):
         self.reg = conv1d(w, 2)
         nn.init.constant_(self.cls.bias, -2.0)  # start from a low foreground prior (focal)
 
-    def forward(self, embedding: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.trunk(embedding.transpose(1, 2))
+    def forward(self, embedding: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Class logits (B, T, C) and distances (B, T, 2); ``mask`` (B, T) valid snippets."""
+        h = masked_stack(self.trunk, embedding.transpose(1, 2), mask)
+        if mask is not None:  # the output convs are wide too
+            h = h * mask[:, None].to(h.dtype)
         logits = self.cls(h).transpose(1, 2)
         dist = F.softplus(self.reg(h)).transpose(1, 2)
         return logits, dist

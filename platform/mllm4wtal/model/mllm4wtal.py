@@ -109,10 +109,16 @@ class MLLM4WTAL(nn.Module):
             cas = out.cas
         loc_logits = loc_dist = None
         if self.loc is not None:
-            loc_logits, loc_dist = self.loc(out.embedding)
+            loc_logits, loc_dist = self.loc(out.embedding, mask)
         return VideoOutput(base=out, cas=cas, attention=out.attention, loc_logits=loc_logits,
                            loc_dist=loc_dist)
 
-    def csr_attention(self, features: Tensor) -> Tensor:
+    def localize(self, features: Tensor, mask: Tensor) -> Tensor:
+        """Snippet class logits (B, T, C) of the localization head: the inference path of
+        eq. 18, the video branch and the head only (no KSM, no CSR, no text)."""
+        assert self.loc is not None
+        return self.loc(self.base(features, mask).embedding, mask)[0]
+
+    def csr_attention(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
         assert self.csr is not None
-        return self.csr.embed_video(features)[1]
+        return self.csr.embed_video(features, mask)[1]

@@ -144,7 +144,8 @@ class DPID:
         cfg, csr = self.cfg, self.model.csr
         assert csr is not None and batch.text_ids is not None
         assert batch.text_mask is not None and batch.masked is not None
-        f_complete, a_csr = video if video is not None else csr.embed_video(batch.features)
+        f_complete, a_csr = (video if video is not None
+                             else csr.embed_video(batch.features, batch.mask))
         share = cfg.dpid.distill == "share"
         weight = a_ksm if share and a_ksm is not None else a_csr
         words = self.model.word_vectors[batch.text_ids]
@@ -201,7 +202,7 @@ class DPID:
         if cfg.dpid.schedule == "joint" and train_csr:
             assert m.csr is not None
             with self.autocast:
-                video = m.csr.embed_video(batch.features)
+                video = m.csr.embed_video(batch.features, batch.mask)
                 rec = self.rec_losses(batch, self._ksm_teacher(batch), video)
                 match = self.match_losses(batch, video[1].detach() if couple else None)
             total = self._total(match, iteration, "match") + self._total(rec, iteration, "rec")
@@ -217,7 +218,7 @@ class DPID:
             if couple:
                 assert m.csr is not None
                 with teacher_mode(m.csr):
-                    a_csr = m.csr_attention(batch.features)
+                    a_csr = m.csr_attention(batch.features, batch.mask)
             match = self.match_losses(batch, a_csr)
         self._zero()
         self._total(match, iteration, "match").backward()
