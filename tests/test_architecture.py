@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1] / "platform" / PACKAGE
 # lowest first: a module may import modules of its own rank or lower ranks
 LAYERS: dict[str, int] = {
     "mllm4wtal.errors": 0,
+    "mllm4wtal.files": 0,  # the write policy: every file a command writes
     "mllm4wtal": 0,  # the package __init__ only
     "mllm4wtal.config": 1,
     "mllm4wtal.data": 2,

@@ -252,11 +252,17 @@ def test_labels_absent_from_ground_truth_are_counted_and_ignored():
     np.testing.assert_array_equal(r.map, 1.0)
 
 
-def test_zero_length_segments_match_as_the_official_nan_does():
-    # 0/0 tIoU is NaN: NaN sorts last (visited first) and is never "< thr": a match
-    gt = [("v", 5, 5, "A")]
-    assert_matches_reference(gt_of(gt), pred_of([("v", 7, 7, "A", 0.9)]))
-    np.testing.assert_array_equal(run(gt, [("v", 7, 7, "A", 0.9)]).map, 1.0)
+def test_zero_length_ground_truth_is_kept_and_zero_length_predictions_are_refused():
+    # published ground truth holds empty segments (ActivityNet 1.2): kept, as the official
+    # keeps them; a prediction of positive length has tIoU 0 with them (a false positive)
+    gt = [("v", 5, 5, "A"), ("v", 10, 20, "A")]
+    preds = [("v", 4, 6, "A", 0.9), ("v", 10, 20, "A", 0.5)]
+    assert_matches_reference(gt_of(gt), pred_of(preds))
+    np.testing.assert_allclose(run(gt, preds).map, 0.25)
+    # an empty prediction would match an empty ground truth through the official's 0/0 NaN
+    with pytest.raises(EvaluationInputError,
+                       match=r"results\['v'\]\[0\]\['segment'\] = \[7, 7\] is empty"):
+        run(gt, [("v", 7, 7, "A", 0.9)])
 
 
 def test_subset_filter_applies_to_ground_truth_only():
@@ -290,10 +296,16 @@ int_segs = st.tuples(st.integers(0, 20), st.integers(0, 8)).map(lambda t: (t[0],
 scores = st.sampled_from([0.1, 0.5, 0.5, 0.9]) | st.floats(0, 1)
 
 
+def non_empty(seg):
+    """A prediction's segment: predictions of zero length are refused."""
+    return seg if seg[1] > seg[0] else (seg[0], seg[0] + 1)
+
+
 @st.composite
 def problems(draw, max_gt=10, n_videos=5):
-    """Random ground truth and predictions: integer segments (tIoU ties, zero lengths),
-    tied scores, predictions in videos without ground truth and with unknown labels."""
+    """Random ground truth and predictions: integer segments (tIoU ties, zero-length ground
+    truth), tied scores, predictions in videos without ground truth and with unknown
+    labels."""
     segs = draw(st.sampled_from([int_segs, float_segs, int_segs | float_segs]))
     labels = draw(st.sampled_from(["A", "AB", "ABC"]))
     n_gt = draw(st.integers(1, max_gt))
@@ -301,7 +313,7 @@ def problems(draw, max_gt=10, n_videos=5):
           for _ in range(n_gt)]
     int_scores = draw(st.booleans()) and draw(st.booleans())
     score = st.integers(0, 3) if int_scores else scores
-    preds = [(f"v{draw(st.integers(0, n_videos + 1))}", *draw(segs),
+    preds = [(f"v{draw(st.integers(0, n_videos + 1))}", *draw(segs.map(non_empty)),
               draw(st.sampled_from(labels + "Z")), draw(score))
              for _ in range(draw(st.integers(0, 30)))]
     return gt, preds
@@ -446,6 +458,7 @@ def ann(**kw):
     (ann(label="A", segment=["x", 2]), r"\['segment'\] must be two numbers"),
     (ann(label="A", segment=[1, 2, 3]), r"\['segment'\] must be two numbers"),
     (ann(label="A", segment=[0, float("inf")]), r"\['segment'\] .* is not finite"),
+    (ann(label="A", segment=[-1.5, 2]), r"\[0\]\['segment'\] = \[-1.5, 2\] starts before 0"),
     (ann(label=3, segment=[0, 1]), r"\['label'\] must be a class name"),
 ])
 def test_malformed_ground_truth(data, words):
@@ -477,13 +490,18 @@ def pred(**kw):
     (pred(label="A", segment=[0, 1], score=True), r"\['score'\] = True is not a finite"),
     (pred(label="A", segment=[3, 1], score=0.5), r"results\['v1'\]\[0\]\['segment'\] = .*ends"),
     (pred(label="A", segment=5, score=0.5), r"\['segment'\] must be two numbers"),
+    (pred(label="A", segment=[-2, 1], score=0.5), r"results\['v1'\]\[0\]\['segment'\] = "
+                                                   r"\[-2, 1\] starts before 0"),
+    (pred(label="A", segment=[1, 1], score=0.5), r"\[0\]\['segment'\] = \[1, 1\] is empty"),
+    (pred(label="A", segment=[0, 10**400], score=0.5), r"\['segment'\] = .* is not finite"),
+    (pred(label="A", segment=[0, 1], score=10**400), r"\['score'\] = 1000.* is not a finite"),
 ])
 def test_malformed_predictions(data, words):
     with pytest.raises(EvaluationInputError, match=words):
         evaluate_detection(gt_of([("v1", 0, 10, "A")]), data, TIOUS)
 
 
-@pytest.mark.parametrize("tious", [(), [float("nan")], "abc"])
+@pytest.mark.parametrize("tious", [(), [float("nan")], "abc", (0.0, 0.5), (0.5, 1.5)])
 def test_bad_thresholds(tious):
     with pytest.raises(EvaluationInputError, match="tious"):
         evaluate_detection(gt_of([("v1", 0, 10, "A")]), {"results": {}}, tious)

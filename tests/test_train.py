@@ -167,3 +167,16 @@ def test_csr_attention_has_dropout_in_train_mode(tiny_cfg, tiny_data):
     with torch.no_grad():
         assert not torch.equal(model.csr_attention(batch.features),
                                model.csr_attention(batch.features))
+
+
+def test_train_takes_a_prebuilt_text_bundle(tiny_cfg, tiny_data, tmp_path):
+    """A bundle built once (as a sweep's driver does) trains exactly like one built inside;
+    a bundle of another text config is refused."""
+    from mllm4wtal.text.bundle import build_text_bundle
+
+    inside = _train(tiny_cfg, tiny_data, tmp_path / "a")
+    given = _train(tiny_cfg, tiny_data, tmp_path / "b", text=build_text_bundle(tiny_cfg, tiny_data))
+    assert given.last_metrics == inside.last_metrics
+    other = with_overrides(tiny_cfg, {"text.vector_dim": tiny_cfg.text.vector_dim + 2})
+    with pytest.raises(ValueError, match="another text config"):
+        _train(tiny_cfg, tiny_data, tmp_path / "c", text=build_text_bundle(other, tiny_data))

@@ -10,7 +10,7 @@
   first (an untrained one proposes next to nothing).
 
 Every measurement runs in a fresh subprocess; peak memory is the process's peak resident
-set while measuring (``ru_maxrss`` after resetting it through /proc/self/clear_refs; where
+set while measuring (``VmHWM`` after resetting it through /proc/self/clear_refs; where
 that reset is refused, the peak includes building the data and model, and is marked ``*``),
 and on CUDA also ``torch.cuda.max_memory_allocated``.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -59,6 +60,11 @@ def rss_mib() -> float:
 
 
 def peak_mib() -> float:
+    """This process's peak resident set (VmHWM; ru_maxrss would also carry the parent's
+    peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -230,10 +236,12 @@ def worker(job: dict) -> None:
 
 # --- the driver -----------------------------------------------------------------------
 
-def spawn(job: dict) -> dict:
-    """Run one measurement in a fresh interpreter; its last stdout line is the JSON."""
+def spawn(job: dict, tree: str | None = None) -> dict:
+    """Run one measurement in a fresh interpreter; its last stdout line is the JSON.
+    ``tree``: a checkout whose ``platform/`` package is measured instead of this one."""
+    env = {**os.environ, "PYTHONPATH": str(Path(tree) / "platform")} if tree else None
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     if proc.returncode:
         sys.exit(f"{job['kind']} worker failed ({job}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -262,6 +270,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["step", "pass"])
     ap.add_argument("--compare-reference", action="store_true",
                     help="per N: the pass with today's proposals vs the reference loop")
+    ap.add_argument("--reference-tree", default=None, metavar="DIR",
+                    help="steps: also measure the checkout DIR (e.g. a clone at the commit "
+                         "before a change), alternating with this one, and print the ratios")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="extra config override for every run (key=value)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -278,11 +289,17 @@ def main() -> None:
         print(f"|{'-' * 10}|{'-' * 14}|{'-' * 10}|{'-' * 14}|{'-' * 12}|------")
         if args.only != "pass" and not args.compare_reference:
             for length in args.lengths:
-                r = spawn({**common, "kind": "step", "length": length, "steps": args.steps,
-                           "warmup": args.warmup})
+                job = {**common, "kind": "step", "length": length, "steps": args.steps,
+                       "warmup": args.warmup}
+                r = spawn(job)
+                note = f"batch {r['batch']}"
+                if args.reference_tree:
+                    ref = spawn(job, args.reference_tree)
+                    note += (f"; {args.reference_tree}: {ref['seconds']:.3f} s, "
+                             f"{mib(ref)} MiB -> {ref['seconds'] / r['seconds']:.2f}x faster, "
+                             f"{ref['peak_mib'] / r['peak_mib']:.2f}x less memory")
                 print(f"| {'step':8} | {f'T={length}':>12} | {r['seconds']:8.3f} | "
-                      f"{mib(r):>12} | {r['rss_before_mib']:10.0f} | batch {r['batch']}",
-                      flush=True)
+                      f"{mib(r):>12} | {r['rss_before_mib']:10.0f} | {note}", flush=True)
         if args.only == "step":
             return
         run_dir = f"{tmp}/run"

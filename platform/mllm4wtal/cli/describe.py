@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mllm4wtal import files
 from mllm4wtal.cli import options
 from mllm4wtal.errors import UserError
 
@@ -156,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
                "timeout": args.timeout, "retries": args.retries,
                "concurrency": args.concurrency}
     spec = BackendSpec(name=args.backend, model=args.model or "", options=options)
+    files.check_writable(args.out, fix="--out")  # the store (and its lock) before any work
     dataset = load_describe_dataset(args.dataset, args.overrides)
     summary = run_describe(
         dataset, args.out, spec, videos=args.videos, num_frames=args.num_frames,

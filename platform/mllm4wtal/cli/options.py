@@ -33,6 +33,12 @@ def add_location(p: argparse.ArgumentParser) -> None:
                    help="validate the file and print the plan; start nothing")
 
 
+def add_force(p: argparse.ArgumentParser, what: str) -> None:
+    """``--force``: overwrite ``what`` when it exists (refused otherwise; nothing is
+    overwritten silently). Writes still go to a temporary name and are renamed into place."""
+    p.add_argument("--force", action="store_true", help=f"overwrite {what} if it exists")
+
+
 def load_cfg(args: argparse.Namespace) -> Config:
     """The config of ``--config`` with ``--set``."""
     from mllm4wtal.config import load_config

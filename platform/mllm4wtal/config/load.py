@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from mllm4wtal.config.schema import PRESETS, Config
+from mllm4wtal.config.show import shown
 from mllm4wtal.errors import UserError
 
 
@@ -75,11 +76,17 @@ def did_you_mean(key: str, valid: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def _hint(key: Any, valid: list[str]) -> str:
+    return did_you_mean(key, valid) if isinstance(key, str) else ""
+
+
 def describe_allowed(tp: Any, meta: dict) -> str:
     if "choices" in meta:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     lo, hi = meta.get("min"), meta.get("max")
     kind = _type_name(tp)
+    if "valid" in meta:
+        return f"{kind} {meta['valid'][1]}"
     if lo is not None and hi is not None:
         return f"{kind} in [{lo}, {hi}]"
     if lo is not None:
@@ -98,7 +105,7 @@ def _type_name(tp: Any) -> str:
 def _coerce(key: str, tp: Any, meta: dict, value: Any, where: str) -> Any:
     """Check one leaf value against its type and metadata; return the typed value."""
     allowed = describe_allowed(tp, meta)
-    bad = ConfigError(f"{where}: '{key}' = {value!r} is invalid; expected {allowed}")
+    bad = ConfigError(f"{where}: '{key}' = {shown(value)} is invalid; expected {allowed}")
     if typing.get_origin(tp) is tuple:
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = [value]
@@ -124,7 +131,10 @@ def _coerce(key: str, tp: Any, meta: dict, value: Any, where: str) -> Any:
                 raise bad from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise bad from None
         if not math.isfinite(value):
             raise bad
     elif tp is str:
@@ -135,6 +145,8 @@ def _coerce(key: str, tp: Any, meta: dict, value: Any, where: str) -> Any:
     if "min" in meta and value < meta["min"]:
         raise bad
     if "max" in meta and value > meta["max"]:
+        raise bad
+    if "valid" in meta and not meta["valid"][0](value):
         raise bad
     return value
 
@@ -190,7 +202,7 @@ def from_flat(flat: dict[str, Any], where: str = "config") -> Config:
             raise ConfigError(f"{where}: '{key}' is a section, not a value; set one of its keys, "
                               f"e.g. '{next(k for k in valid if k.startswith(key + '.'))}'")
         if key not in leaves:
-            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, valid)}")
+            raise ConfigError(f"{where}: unknown key {shown(key)}{_hint(key, valid)}")
     cfg = _build(Config, flat, "", where)
     check_cross_fields(cfg, where)
     return cfg
@@ -234,7 +246,8 @@ def to_tree(cfg: Config) -> dict:
 def parse_override(item: str) -> tuple[str, Any]:
     """``"loss.lambda1=2.0"`` -> ``("loss.lambda1", 2.0)``; the value is read as YAML."""
     if "=" not in item:
-        raise ConfigError(f"override '{item}' must look like key=value, e.g. loss.lambda1=2.0")
+        raise ConfigError(f"override {shown(item)} must look like key=value, e.g. "
+                          "loss.lambda1=2.0")
     key, raw = item.split("=", 1)
     try:
         value = parse_yaml(raw) if raw.strip() else ""
@@ -250,7 +263,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 class _DuplicateKey(yaml.YAMLError):
     def __init__(self, key: Any, line: int) -> None:
-        super().__init__(f"duplicate key {key!r}")
+        super().__init__(f"duplicate key {shown(key)}")
         self.key, self.line = key, line
 
 
@@ -293,16 +306,25 @@ def load_yaml(text: str, where: str, error: type[UserError] = ConfigError) -> An
     try:
         return parse_yaml(text)
     except _DuplicateKey as e:
-        raise error(f"{where}: line {e.line}: duplicate key '{e.key}'; keep one") from None
+        raise error(f"{where}: line {e.line}: duplicate key {shown(e.key)}; keep one") from None
     except yaml.YAMLError as e:  # syntax: where it is, on one line
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise error(f"{where}: not valid YAML{at}: {problem}; fix the syntax") from None
+    except RecursionError:
+        raise error(f"{where}: nested too deeply to read; flatten the YAML") from None
 
 
 def _preset_text(name: str) -> str:
     return resources.files("mllm4wtal").joinpath("presets", f"{name}.yaml").read_text()
+
+
+def _user_path(source: str) -> Path:
+    try:
+        return Path(source).expanduser()
+    except RuntimeError:  # ~name of no known user: the path as written
+        return Path(source)
 
 
 def _read_yaml(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
@@ -310,11 +332,22 @@ def _read_yaml(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any],
     if source in PRESETS:
         text, where = _preset_text(source), f"preset '{source}'"
     else:
-        path = Path(source).expanduser()
+        path = _user_path(source)
+        if path.is_dir():
+            raise ConfigError(f"config {source!r} is a directory; pass a preset "
+                              f"({', '.join(PRESETS)}) or a YAML file")
         if not path.is_file():
-            raise ConfigError(f"config '{source}' is neither a preset ({', '.join(PRESETS)}) "
+            raise ConfigError(f"config {source!r} is neither a preset ({', '.join(PRESETS)}) "
                               "nor an existing YAML file")
-        text, where = path.read_text(), str(path)
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not UTF-8 text (byte {e.start}); save the config as "
+                              "UTF-8 YAML") from None
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot be read ({e.strerror}); check its "
+                              "permissions") from None
     if source in seen:
         raise ConfigError(f"{where}: 'base' chain loops: {' -> '.join(seen + (source,))}")
     tree = load_yaml(text, where) or {}
@@ -326,13 +359,16 @@ def _read_yaml(source: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any],
         if not isinstance(base, str):
             raise ConfigError(f"{where}: 'base' must name a preset or a YAML file")
         if base not in PRESETS and not Path(base).is_absolute() and source not in PRESETS:
-            base = str(Path(source).expanduser().parent / base)
+            base = str(_user_path(source).parent / base)
         parent, _ = _read_yaml(base, seen + (source,))
         flat = {**parent, **flat}
-    leaves = leaf_fields()
+    leaves, sections = leaf_fields(), _sections()
     for key in flat:  # name the file that holds a bad key
+        if key in sections:
+            raise ConfigError(f"{where}: '{key}' is a section; give it a mapping of its keys "
+                              "(or leave it out)")
         if key not in leaves:
-            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, list(leaves))}")
+            raise ConfigError(f"{where}: unknown key {shown(key)}{_hint(key, list(leaves))}")
     return flat, where
 
 

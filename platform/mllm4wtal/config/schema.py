@@ -1,12 +1,14 @@
 """The config tree: one frozen dataclass per section, every leaf with its help text and its
-allowed values (``min``/``max`` inclusive, or ``choices``), read by the validator and by
-``mllm4wtal config --explain``."""
+allowed values (``min``/``max`` inclusive, ``choices``, or ``valid``: a predicate and the
+range it accepts in words), read by the validator and by ``mllm4wtal config --explain``."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from mllm4wtal.config.ranges import TIOU_RANGE, is_tiou
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -223,7 +225,7 @@ class InferenceConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     tious: tuple[float, ...] = _f((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
-                                  "tIoU thresholds of mAP", min=0.0, max=1.0)
+                                  "tIoU thresholds of mAP", valid=(is_tiou, f"in {TIOU_RANGE}"))
 
 
 @dataclass(frozen=True)

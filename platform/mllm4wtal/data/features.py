@@ -17,6 +17,7 @@ Packed layout (this project's own; no pickle anywhere)::
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,14 +25,18 @@ from typing import Any
 
 import numpy as np
 
+from mllm4wtal import files
+
+from ..config.show import shown
+from .packed_index import PACKED_FORMAT, PACKED_VERSION, read_index
 from .types import Segment, Video, WTALDataset
-from .unpickle import load_npy
 from .validate import DataError, label_index, validate_dataset
 from .wtal_format import (
     Annotations,
     build_dataset,
     infer_subsets,
     read_annotation_dir,
+    read_npy,
 )
 
 __all__ = [
@@ -43,8 +48,6 @@ __all__ = [
     "load_packed",
 ]
 
-PACKED_FORMAT = "mllm4wtal-packed"
-PACKED_VERSION = 1
 FEATURES_FILE = "features.f16"
 INDEX_FILE = "index.json"
 _F16 = np.dtype("<f2")
@@ -68,25 +71,55 @@ def read_json_gt(path: str | os.PathLike[str], classes: list[str] | None = None)
         if classes is None:
             classes = list(gt.get("class-list") or sorted(
                 {a["label"] for v in db.values() for a in v.get("annotations", [])}))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise DataError(
-            f"{p}: not an ActivityNet-style ground truth ({exc}). Fix: provide "
+            f"{p}: not an ActivityNet-style ground truth ({shown(exc)}). Fix: provide "
             '{"database": {video: {"subset": ..., "annotations": [{"segment": [s, e], '
             '"label": ...}]}}}.'
         ) from exc
+    if not isinstance(db, dict):
+        raise DataError(f"{p}: 'database' must map video -> entry, got {shown(db)}. Fix: "
+                        'provide {"database": {video: {"subset": ..., "annotations": [...]}}}.')
     names, subsets, labels, segments, durations = [], [], [], [], []
     for vname, entry in db.items():
         segs = []
-        for a in entry.get("annotations", []):
-            idx = label_index(a["label"], classes, video=vname, source=str(p))
-            segs.append(Segment(float(a["segment"][0]), float(a["segment"][1]), idx))
+        for i, a in enumerate(_annotations(p, vname, entry)):
+            try:
+                start, end = float(a["segment"][0]), float(a["segment"][1])
+                label = a["label"]
+            except (KeyError, IndexError, TypeError, ValueError, OverflowError):
+                raise DataError(f"{p}: database[{shown(vname)}]['annotations'][{i}] = "
+                                f"{shown(a)} needs 'label' and 'segment' [start, end] in "
+                                "seconds. Fix: correct that annotation.") from None
+            idx = label_index(label, classes, video=vname, source=str(p))
+            segs.append(Segment(start, end, idx))
         names.append(vname)
         subsets.append(str(entry.get("subset", "")))
         labels.append(tuple(sorted({s.label for s in segs})))
         segments.append(tuple(segs))
-        dur = entry.get("duration")
-        durations.append(float(dur) if dur is not None else None)
+        durations.append(_duration(p, vname, entry.get("duration")))
     return Annotations(str(p), names, subsets, list(classes), labels, segments, durations)
+
+
+def _annotations(p: Path, video: str, entry: Any) -> list:
+    anns = entry.get("annotations", []) if isinstance(entry, dict) else None
+    if not isinstance(anns, list):
+        raise DataError(f"{p}: database[{shown(video)}] must be an object with a list "
+                        "'annotations' (empty for a video without actions). Fix: correct it.")
+    return anns
+
+
+def _duration(p: Path, video: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        dur = float(value)
+    except (TypeError, ValueError, OverflowError):
+        dur = math.nan
+    if not (math.isfinite(dur) and dur >= 0):
+        raise DataError(f"{p}: database[{shown(video)}]['duration'] = {shown(value)} is not a "
+                        "duration in seconds. Fix: correct it or leave it out.")
+    return dur
 
 
 def _read_annotations(annotations: str | os.PathLike[str], classes: list[str] | None
@@ -170,7 +203,7 @@ def load_per_video(
                 f"{d}/flow/<video>.npy for every annotated video. Fix: extract them, pass "
                 "split_dirs=, or missing='skip'."
             )
-        rgb, flow = load_npy(rgb_p), load_npy(flow_p)
+        rgb, flow = read_npy(rgb_p), read_npy(flow_p)
         if rgb.ndim != 2 or flow.ndim != 2:
             raise DataError(
                 f"{rgb_p if rgb.ndim != 2 else flow_p}: shape "
@@ -222,17 +255,24 @@ def infer_subsets_for(ann: Annotations, train: str | None, test: str | None) -> 
 # --------------------------------------------------------------------------- packed format
 
 
-def pack(dataset: WTALDataset, out_dir: str | os.PathLike[str]) -> Path:
+def pack(dataset: WTALDataset, out_dir: str | os.PathLike[str], *, force: bool = True) -> Path:
     """Write ``dataset`` as ``features.f16`` + ``index.json`` under ``out_dir``.
 
     The dataset is validated first (including the NaN/inf scan, which the loader skips);
     values outside the float16 range are refused rather than silently turned into inf.
-    Files are written under temporary names and renamed, so a crash leaves no half-written
-    dataset that looks complete. Returns ``out_dir``.
+    Written through ``mllm4wtal.files.replacing_dir`` (a temporary folder renamed into
+    place), so a crash leaves no half-written dataset. An ``out_dir`` holding files is
+    refused unless ``force`` (``data pack --force``; then its two files are replaced, others
+    kept). Returns ``out_dir``.
     """
     validate_dataset(dataset, source=f"dataset '{dataset.name}'")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with files.replacing_dir(out, force=force) as tmp:
+        _pack_into(dataset, tmp)
+    return out
+
+
+def _pack_into(dataset: WTALDataset, out: Path) -> None:
     dim = dataset.feature_dim
     rows = sum(v.num_snippets for v in dataset.videos)
     tmp_feat, tmp_index = out / (FEATURES_FILE + ".tmp"), out / (INDEX_FILE + ".tmp")
@@ -278,7 +318,6 @@ def pack(dataset: WTALDataset, out_dir: str | os.PathLike[str]) -> Path:
     tmp_index.write_text(json.dumps(index), encoding="utf-8")
     os.replace(tmp_feat, out / FEATURES_FILE)
     os.replace(tmp_index, out / INDEX_FILE)
-    return out
 
 
 def _video_meta(v: Video, offset: int) -> dict[str, Any]:
@@ -315,17 +354,8 @@ def load_packed(
             f"{FEATURES_FILE} and {INDEX_FILE} (written by mllm4wtal.data.pack). Fix: check "
             "the path or re-run pack."
         )
-    try:
-        index = json.loads(idx_p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{idx_p}: invalid JSON ({exc}). Fix: re-run pack.") from exc
-    if index.get("format") != PACKED_FORMAT or index.get("version") != PACKED_VERSION:
-        raise DataError(
-            f"{idx_p}: format {index.get('format')!r} version {index.get('version')!r}, "
-            f"expected {PACKED_FORMAT!r} version {PACKED_VERSION}. Fix: re-run pack with this "
-            "version of mllm4wtal."
-        )
-    rows, dim = int(index["rows"]), int(index["dim"])
+    index = read_index(idx_p)  # every key checked: the schema is in packed_index
+    rows, dim = index.rows, index.dim
     size = feat_p.stat().st_size
     if size != rows * dim * _F16.itemsize:
         raise DataError(
@@ -335,34 +365,19 @@ def load_packed(
         )
     mm = (np.memmap(feat_p, dtype=_F16, mode="r", shape=(rows, dim)) if rows
           else np.zeros((0, dim), dtype=_F16))
-    videos = []
-    for m in index["videos"]:
-        off, length = int(m["offset"]), int(m["length"])
-        if off < 0 or off + length > rows:
-            raise DataError(
-                f"{idx_p}: video '{m['name']}' spans rows {off}..{off + length} outside "
-                f"{feat_p} ({rows} rows). Fix: re-run pack."
-            )
-        videos.append(Video(
-            name=m["name"],
-            subset=m["subset"],
-            features=mm[off:off + length],
-            labels=tuple(int(x) for x in m["labels"]),
-            segments=tuple(Segment(float(s), float(e), int(lab)) for s, e, lab in m["segments"]),
-            duration=float(m["duration"]),
-            fps=float(m["fps"]),
-        ))
+    videos = [Video(name=m.name, subset=m.subset, features=mm[m.offset:m.offset + m.length],
+                    labels=m.labels, segments=tuple(Segment(*s) for s in m.segments),
+                    duration=m.duration, fps=m.fps) for m in index.videos]
     ds = WTALDataset(
-        name=index["name"],
-        classes=list(index["classes"]),
+        name=index.name,
+        classes=index.classes,
         videos=videos,
-        train_subset=index["train_subset"],
-        test_subset=index["test_subset"],
-        rgb_dim=int(index["rgb_dim"]),
-        frames_per_snippet=int(index["frames_per_snippet"]),
-        ambiguous={k: [(float(s), float(e)) for s, e in v]
-                   for k, v in index.get("ambiguous", {}).items()},
-        vocabulary=index.get("vocabulary", {}),
+        train_subset=index.train_subset,
+        test_subset=index.test_subset,
+        rgb_dim=index.rgb_dim,
+        frames_per_snippet=index.frames_per_snippet,
+        ambiguous=index.ambiguous,
+        vocabulary=index.vocabulary,
     )
     return validate_dataset(ds, source=str(d), expected_dim=expected_dim, finite=check_finite,
                             strict_segments=strict_segments)

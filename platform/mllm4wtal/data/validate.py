@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config.ranges import segment_problem
 from ..errors import UserError
 from .types import WTALDataset
 
@@ -112,7 +113,8 @@ def check_segments(
     tolerance: float = SEGMENT_TOLERANCE_S,
     strict: bool = True,
 ) -> list[tuple[float, float]]:
-    """Each segment must lie in the video: 0 <= start <= end, start <= duration + tolerance.
+    """Each segment must lie in the video: ``config.ranges.segment_problem`` (finite,
+    0 <= start <= end), and start <= duration + tolerance.
 
     A negative start, an end before the start or a non-finite bound always raises. A start
     past the end raises when ``strict``; otherwise such segments are returned so the caller
@@ -121,23 +123,16 @@ def check_segments(
     """
     beyond: list[tuple[float, float]] = []
     for start, end in segments:
-        problem = None
-        if not (np.isfinite(start) and np.isfinite(end)):
-            problem = "is not finite"
-        elif start < 0:
-            problem = "starts before 0"
-        elif end < start:
-            problem = "ends before it starts"
-        elif start > duration + tolerance:
+        problem = segment_problem(start, end, empty_ok=True)
+        if problem is None and start > duration + tolerance:
             if not strict:
                 beyond.append((start, end))
                 continue
-            problem = f"starts after the video ends (duration {duration:.3f}s)"
+            problem = (f"starts after the video ends (duration {duration:.3f}s); correct the "
+                       "segment or the video duration")
         if problem:
-            raise DataError(
-                f"{source}: video '{video}' segment [{start}, {end}] {problem}. Fix: correct "
-                "the segment (seconds) or the video duration in the annotations."
-            )
+            raise DataError(f"{source}: video '{video}' segment [{start}, {end}] of the "
+                            f"annotations {problem}.")
     return beyond
 
 

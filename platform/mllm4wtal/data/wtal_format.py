@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mllm4wtal import files
+
 from .types import Segment, Video, WTALDataset
 from .unpickle import decode_strings, load_npy
 from .validate import (
@@ -113,15 +115,40 @@ def read_ambiguous(path: str | os.PathLike[str]) -> dict[str, list[tuple[float, 
     return out
 
 
+def read_npy(path: Path) -> np.ndarray:
+    """:func:`~mllm4wtal.data.unpickle.load_npy`, a file cut short (a copy that did not
+    finish) reported as such."""
+    try:
+        return load_npy(path)
+    except DataError:
+        raise
+    except ValueError as e:  # numpy: "Failed to read all data for array ..."
+        raise DataError(f"{path}: cannot be read as a numpy array ({str(e).splitlines()[0]}). "
+                        "Fix: the file is truncated or damaged; copy or save it again.") from None
+
+
+def _pairs(items: list, path: Path, video: str) -> list[tuple[float, float]]:
+    """Per-video segments as ``(start, end)`` floats; anything else names the video."""
+    try:
+        return [(float(start), float(end)) for start, end in items]
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: video '{video}' has segments {str(items)[:80]}, not [start, "
+                        "end] pairs in seconds. Fix: store one [start, end] per segment.") from None
+
+
 def read_annotation_dir(ann_dir: str | os.PathLike[str]) -> Annotations:
     """Read a ``<name>-Annotations`` directory (see module docstring)."""
     d = Path(ann_dir)
     require_files(d, ANNOTATION_FILES, what=f"annotations {d}")
-    arrays = {f: load_npy(d / f) for f in ANNOTATION_FILES}
+    arrays = {f: read_npy(d / f) for f in ANNOTATION_FILES}
     names = decode_strings(arrays["videoname.npy"])
     subsets = decode_strings(arrays["subset.npy"])
     classes = decode_strings(arrays["classlist.npy"])
-    durations = np.asarray(arrays["duration.npy"], dtype=np.float64).reshape(-1)
+    try:
+        durations = np.asarray(arrays["duration.npy"], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise DataError(f"{d / 'duration.npy'}: holds {arrays['duration.npy'].dtype} values, "
+                        "not durations in seconds. Fix: save one float per video.") from None
     n = len(names)
     for f in ("subset.npy", "segments.npy", "labels.npy", "labels_all.npy", "duration.npy"):
         got = len(subsets) if f == "subset.npy" else (
@@ -143,9 +170,10 @@ def read_annotation_dir(ann_dir: str | os.PathLike[str]) -> Annotations:
                 f"{d / 'segments.npy'} has {len(seg_list)} segments. Fix: one label per segment."
             )
         segs = []
-        for (start, end), lab in zip(seg_list, seg_labels, strict=True):
+        for (start, end), lab in zip(_pairs(seg_list, d / "segments.npy", name), seg_labels,
+                                     strict=True):
             idx = label_index(lab, classes, video=name, source=str(d / "labels.npy"))
-            segs.append(Segment(float(start), float(end), idx))
+            segs.append(Segment(start, end, idx))
         # video labels are labels_all as published (CO2-Net trains on them), even where
         # they differ from the segment labels
         vid_labels = {
@@ -294,7 +322,7 @@ def load_wtal(
             f"{feat_path if not feat_path.is_file() else ann_path}. Fix: check root and name."
         )
     ann = read_annotation_dir(ann_path)
-    raw = load_npy(feat_path)
+    raw = read_npy(feat_path)
     if raw.dtype == object:
         features = list(raw.reshape(-1))
     elif raw.ndim == 3:  # equal-length videos stored as one (N, T, D) array
@@ -340,14 +368,23 @@ def _object_array(items: Sequence[object]) -> np.ndarray:
     return arr
 
 
-def save_wtal(dataset: WTALDataset, root: str | os.PathLike[str], name: str) -> Path:
+def save_wtal(dataset: WTALDataset, root: str | os.PathLike[str], name: str, *,
+              force: bool = True) -> Path:
     """Write ``dataset`` in the W-TALC layout under ``root`` (see module docstring).
 
     Features are written as an object array (np.save pickles it; our reader restricts what
     the pickle may reference). The vocabulary is not part of this format and is dropped.
-    Returns the feature file path.
+    Written through ``mllm4wtal.files.replacing_dir`` (a temporary folder renamed into
+    place), so a crash leaves no half-written dataset. A ``root`` holding files is refused
+    unless ``force`` (``data export --force``; then the feature file and annotation folder
+    of ``name`` are replaced, other files kept). Returns the feature file path.
     """
-    root = Path(root)
+    with files.replacing_dir(root, force=force) as tmp:
+        _save_wtal_into(dataset, tmp, name)
+    return feature_file(root, name)
+
+
+def _save_wtal_into(dataset: WTALDataset, root: Path, name: str) -> None:
     ann = annotation_dir(root, name)
     ann.mkdir(parents=True, exist_ok=True)
     vids = dataset.videos
@@ -368,7 +405,6 @@ def save_wtal(dataset: WTALDataset, root: str | os.PathLike[str], name: str) -> 
             for vname, spans in dataset.ambiguous.items():
                 for start, end in spans:
                     fh.write(f"{vname} {start!r} {end!r}\n")
-    return feature_file(root, name)
 
 
 def load_annotations_only(

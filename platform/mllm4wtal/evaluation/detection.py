@@ -15,7 +15,9 @@ Results agree with the official evaluator bit for bit where it runs; ties are re
 same numpy calls on arrays of the same length and dtype, so the same numpy gives the same
 order (numpy's default argsort is not stable, not even for 4 elements with SIMD sorting).
 Unlike the official evaluator, predictions with labels absent from the ground truth are
-ignored and counted, and a class without predictions has AP 0 instead of an error.
+ignored and counted, and a class without predictions has AP 0 instead of an error. As there,
+a prediction for a video absent from the ground truth (of the subset evaluated) is a false
+positive; such predictions are counted too (``DetectionResult.notes``).
 
 Vectorised: the (class, video) pairs that hold ground truth are independent, so the r-th
 ranked prediction of every pair is matched in one numpy step for all thresholds at once; the
@@ -98,13 +100,29 @@ class DetectionResult:
     map: np.ndarray  # (T,) mean over classes
     average: float  # mean of ``map`` over the thresholds
     n_ignored_predictions: int = 0  # predictions whose label is no ground-truth class
+    # predictions of a ground-truth class for a video without ground truth: false positives
+    n_unknown_video_predictions: int = 0
 
     @classmethod
     def from_ap(cls, tious: np.ndarray, classes: list[str], ap: np.ndarray,
-                n_ignored_predictions: int = 0) -> DetectionResult:
+                n_ignored_predictions: int = 0, n_unknown_video_predictions: int = 0
+                ) -> DetectionResult:
         m = ap.mean(axis=0)
         return cls(tious=np.asarray(tious, dtype=np.float64), classes=list(classes), ap=ap,
-                   map=m, average=float(m.mean()), n_ignored_predictions=n_ignored_predictions)
+                   map=m, average=float(m.mean()), n_ignored_predictions=n_ignored_predictions,
+                   n_unknown_video_predictions=n_unknown_video_predictions)
+
+    def notes(self) -> list[str]:
+        """What a reader of the table should know about the predictions, one line each."""
+        out = []
+        if self.n_ignored_predictions:
+            out.append(f"{self.n_ignored_predictions} predictions had labels absent from the "
+                       "ground truth and were ignored")
+        if self.n_unknown_video_predictions:
+            out.append(f"{self.n_unknown_video_predictions} predictions are for videos absent "
+                       "from the ground truth and were counted as false positives (as the "
+                       "official ActivityNet evaluator does)")
+        return out
 
     def to_json_dict(self) -> dict:
         """``{"map": {"0.5": ..., "0.55": ...}, "average": ...}``."""
@@ -150,12 +168,14 @@ def evaluate_detection(ground_truth: dict, predictions: dict, tious: Sequence[fl
     p_video = np.fromiter((vidx.get(v, -1) for v in pred.video), dtype=np.int64,
                           count=len(pred.video))
     keep = p_class >= 0
+    n_unknown_video = int(np.count_nonzero(keep & (p_video < 0)))
     g_class = np.fromiter((cidx[lab] for lab in gt.label), dtype=np.int64, count=len(gt.label))
     ap = average_precision_matrix(
         gt.video, g_class, gt.segment, p_video[keep], p_class[keep], pred.segment[keep],
         pred.score[keep], len(classes), len(gt.videos), thr)
     return DetectionResult.from_ap(thr, classes, ap,
-                                   n_ignored_predictions=int(np.count_nonzero(~keep)))
+                                   n_ignored_predictions=int(np.count_nonzero(~keep)),
+                                   n_unknown_video_predictions=n_unknown_video)
 
 
 def evaluate_files(gt_path: str | Path, pred_path: str | Path, tious: Sequence[float],

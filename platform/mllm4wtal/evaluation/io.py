@@ -8,6 +8,9 @@ Layouts (those of the official ActivityNet evaluator, ``Evaluation/eval_detectio
 
 The official evaluator fails with a bare ``KeyError`` on malformed input; here every problem
 raises :class:`EvaluationInputError` naming the file (when there is one), the key and the fix.
+Segments are finite with ``0 <= start <= end`` (``start < end`` for predictions: published
+ground truth holds empty ones) and tIoU thresholds lie in (0, 1], by the rules of
+``config.ranges`` that configs and dataset loaders share.
 Parsing returns flat numpy arrays in input order, the order the official evaluator builds its
 data frames in (that order decides how score ties are ranked).
 """
@@ -25,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from mllm4wtal.config.ranges import TIOU_RANGE, is_tiou, segment_problem
+from mllm4wtal.config.show import shown
 from mllm4wtal.errors import UserError
 
 
@@ -41,26 +46,30 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
-def _segment(seg: Any, key: str, source: str | None) -> tuple[float, float]:
+def _video(vid: Any) -> str:
+    """A video id as error messages show it (quoted, one line)."""
+    return shown(vid, 200)
+
+
+def _segment(seg: Any, key: str, source: str | None, empty_ok: bool) -> tuple[float, float]:
+    """``[start, end]`` checked by the segment rule of the whole project
+    (``config.ranges.segment_problem``); ground truth may hold empty segments, predictions
+    may not."""
     if (not isinstance(seg, (list, tuple, np.ndarray)) or len(seg) != 2
             or not all(_is_number(x) for x in seg)):
         raise EvaluationInputError(f"{_where(source)}{key}['segment'] must be two numbers "
-                                   f"[start, end] in seconds, got {seg!r}")
-    s, e = float(seg[0]), float(seg[1])
-    if not (math.isfinite(s) and math.isfinite(e)):
-        raise EvaluationInputError(f"{_where(source)}{key}['segment'] = {seg!r} is not finite; "
-                                   "write finite times in seconds")
-    if e < s:
-        raise EvaluationInputError(f"{_where(source)}{key}['segment'] = {seg!r} ends before it "
-                                   "starts; write [start, end]")
-    return s, e
+                                   f"[start, end] in seconds, got {shown(seg)}")
+    problem = segment_problem(seg[0], seg[1], empty_ok=empty_ok)
+    if problem:
+        raise EvaluationInputError(f"{_where(source)}{key}['segment'] = {shown(seg)} {problem}")
+    return float(seg[0]), float(seg[1])
 
 
 def _label(item: dict, key: str, source: str | None) -> str:
     label = item["label"]
     if not isinstance(label, str):
         raise EvaluationInputError(f"{_where(source)}{key}['label'] must be a class name "
-                                   f"(a string), got {label!r}")
+                                   f"(a string), got {shown(label)}")
     return label
 
 
@@ -100,7 +109,7 @@ def parse_ground_truth(data: Any, subset: str | None = None, source: str | None 
     labels: list[str] = []
     subsets: set[str] = set()
     for vid, entry in data["database"].items():
-        where = f"database['{vid}']"
+        where = f"database[{_video(vid)}]"
         if not isinstance(entry, dict):
             raise EvaluationInputError(f"{_where(source)}{where} must be a mapping with "
                                        "'subset' and 'annotations'")
@@ -109,21 +118,22 @@ def parse_ground_truth(data: Any, subset: str | None = None, source: str | None 
                 raise EvaluationInputError(f"{_where(source)}{where} has no 'subset' key, "
                                            f"needed to keep subset '{subset}'; add it or "
                                            "evaluate without a subset")
-            subsets.add(str(entry["subset"]))
+            name = entry["subset"]
+            subsets.add(name if isinstance(name, str) and name.isprintable() else shown(name))
             if entry["subset"] != subset:
                 continue
         anns = entry.get("annotations")
         if not isinstance(anns, list):
             raise EvaluationInputError(f"{_where(source)}{where}['annotations'] must be a list "
                                        "of {segment, label} (empty for a video without "
-                                       f"actions), got {anns!r}")
+                                       f"actions), got {shown(anns)}")
         n = len(videos)
         videos.append(str(vid))
         for i, ann in enumerate(anns):
             key = f"{where}['annotations'][{i}]"
             if not isinstance(ann, dict) or "label" not in ann or "segment" not in ann:
                 raise EvaluationInputError(f"{_where(source)}{key} needs 'segment' and 'label'")
-            segs.append(_segment(ann["segment"], key, source))
+            segs.append(_segment(ann["segment"], key, source, empty_ok=True))
             labels.append(_label(ann, key, source))
             vidx.append(n)
     if subset is not None and subset not in subsets:
@@ -149,15 +159,15 @@ def parse_predictions(data: Any, source: str | None = None) -> PredictionArrays:
     scores: list[Any] = []
     for vid, items in data["results"].items():
         if not isinstance(items, list):
-            raise EvaluationInputError(f"{_where(source)}results['{vid}'] must be a list of "
-                                       "{label, segment, score}")
+            raise EvaluationInputError(f"{_where(source)}results[{_video(vid)}] must be a list "
+                                       "of {label, segment, score}")
         for i, p in enumerate(items):
             try:
                 segs.append(p["segment"])
                 labels.append(p["label"])
                 scores.append(p["score"])
             except (KeyError, TypeError, IndexError):
-                raise EvaluationInputError(f"{_where(source)}results['{vid}'][{i}] needs "
+                raise EvaluationInputError(f"{_where(source)}results[{_video(vid)}][{i}] needs "
                                            "'label', 'segment' and 'score'") from None
         vids.extend([str(vid)] * len(items))
 
@@ -168,17 +178,21 @@ def parse_predictions(data: Any, source: str | None = None) -> PredictionArrays:
              and set(map(type, segs)) <= {list, tuple} and set(map(len, segs)) <= {2}
              and set(map(type, chain.from_iterable(segs))) <= {float, int})
     if plain:
-        seg_arr = np.asarray(segs, dtype=np.float64).reshape(-1, 2)
-        score_f = np.asarray(scores, dtype=np.float64)
-        plain = bool(np.isfinite(seg_arr).all() and (seg_arr[:, 1] >= seg_arr[:, 0]).all()
-                     and np.isfinite(score_f).all())
+        try:
+            seg_arr = np.asarray(segs, dtype=np.float64).reshape(-1, 2)
+            score_f = np.asarray(scores, dtype=np.float64)
+        except OverflowError:  # an integer beyond the float range: named below
+            plain = False
+        else:
+            plain = bool(np.isfinite(seg_arr).all() and (seg_arr[:, 0] >= 0).all()
+                         and (seg_arr[:, 1] > seg_arr[:, 0]).all() and np.isfinite(score_f).all())
     if not plain:
         for k, key in enumerate(_prediction_keys(data["results"])):
             score = scores[k]
-            if not _is_number(score) or not math.isfinite(score):
-                raise EvaluationInputError(f"{_where(source)}{key}['score'] = {score!r} is not "
-                                           "a finite number")
-            segs[k] = _segment(segs[k], key, source)
+            if not _is_number(score) or not _finite(score):
+                raise EvaluationInputError(f"{_where(source)}{key}['score'] = {shown(score)} is "
+                                           "not a finite number")
+            segs[k] = _segment(segs[k], key, source, empty_ok=False)
             if not isinstance(labels[k], str):
                 _label({"label": labels[k]}, key, source)
         seg_arr = np.asarray(segs, dtype=np.float64).reshape(-1, 2)
@@ -196,20 +210,35 @@ def parse_predictions(data: Any, source: str | None = None) -> PredictionArrays:
     return PredictionArrays(video=vids, segment=seg_arr, label=labels, score=score_arr)
 
 
+def _finite(x: Any) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer beyond the float range
+        return False
+
+
 def _prediction_keys(results: dict) -> Iterator[str]:
     for vid, items in results.items():
         for i in range(len(items)):
-            yield f"results['{vid}'][{i}]"
+            yield f"results[{_video(vid)}][{i}]"
 
 
 def _load_json(path: str | Path, what: str) -> Any:
     p = Path(path)
+    if p.is_dir():
+        raise EvaluationInputError(f"{p}: is a directory, not a {what} file; pass the JSON "
+                                   "file itself")
     if not p.is_file():
         raise EvaluationInputError(f"{p}: {what} file does not exist")
     try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EvaluationInputError(f"{p}: {what} file is not valid JSON ({e})") from None
+        return json.loads(p.read_bytes())
+    except ValueError as e:  # not JSON, not UTF-8, or an integer of over 4300 digits
+        raise EvaluationInputError(f"{p}: {what} file is not valid JSON "
+                                   f"({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise EvaluationInputError(f"{p}: {what} file is nested too deeply") from None
+    except OSError as e:
+        raise EvaluationInputError(f"{p}: {what} file cannot be read ({e.strerror})") from None
 
 
 def load_ground_truth(path: str | Path) -> dict:
@@ -226,6 +255,9 @@ def load_predictions(path: str | Path) -> dict:
     return data
 
 
+MAX_TIOUS = 1000  # a spec such as 0:1:1e-12 would otherwise build a list of 10^12
+
+
 def parse_tiou_range(spec: str) -> tuple[float, ...]:
     """tIoU thresholds from ``"0.1:0.7:0.1"`` (start:stop:step, stop included) or a list
     ``"0.5,0.75,0.95"``; values rounded to 6 decimals (no ``0.30000000000000004``)."""
@@ -235,25 +267,30 @@ def parse_tiou_range(spec: str) -> tuple[float, ...]:
             start, stop, step = (float(x) for x in spec.split(":"))
             if step > 0 and stop >= start:
                 n = math.floor((stop - start) / step + 1e-9) + 1
+                if n > MAX_TIOUS:
+                    raise EvaluationInputError(f"tIoU spec {shown(spec)} makes {n} thresholds; "
+                                               f"at most {MAX_TIOUS}: take a larger step")
                 values = [round(start + i * step, 6) for i in range(n)]
         else:
             values = [round(float(x), 6) for x in spec.split(",")]
+    except EvaluationInputError:
+        raise
     except (ValueError, OverflowError):
         values = []
-    if not values or any(not 0 < v <= 1 for v in values):
-        raise EvaluationInputError(f"tIoU spec '{spec}' is invalid; write start:stop:step "
+    if not values or not all(is_tiou(v) for v in values):
+        raise EvaluationInputError(f"tIoU spec {shown(spec)} is invalid; write start:stop:step "
                                    "such as 0.1:0.7:0.1, or a list such as 0.5,0.75,0.95 "
-                                   "(values in (0, 1])")
+                                   f"(values in {TIOU_RANGE})")
     return tuple(values)
 
 
 def check_tious(tious: Sequence[float]) -> np.ndarray:
-    """Thresholds as a float64 array; raises on an empty or non-finite list."""
+    """Thresholds as a float64 array; raises on an empty list or a value outside (0, 1]."""
     try:
         thr = np.asarray(tious, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         thr = np.array([np.nan])
-    if thr.ndim != 1 or len(thr) == 0 or not np.all(np.isfinite(thr)):
-        raise EvaluationInputError(f"tious = {tious!r}: give one or more finite tIoU "
-                                   "thresholds, e.g. (0.1, 0.2, ..., 0.7)")
+    if thr.ndim != 1 or len(thr) == 0 or not all(is_tiou(t) for t in thr):
+        raise EvaluationInputError(f"tious = {shown(tious)}: give one or more tIoU thresholds "
+                                   f"in {TIOU_RANGE}, e.g. (0.1, 0.2, ..., 0.7)")
     return thr

@@ -24,7 +24,7 @@ import mlflow
 from mllm4wtal.config import did_you_mean
 from mllm4wtal.errors import UserError
 from mllm4wtal.sweep.ablate import STUDY_JSON
-from mllm4wtal.sweep.mlflow_store import normalize_tracking_uri, search_runs
+from mllm4wtal.sweep.mlflow_store import check_server, normalize_tracking_uri, search_runs
 from mllm4wtal.sweep.mlflow_tags import (
     PARENT_TAG,
     PRUNED_TAG,
@@ -130,6 +130,13 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
                             "--tracking-uri (the URI `mllm4wtal ablate`/`sweep` printed, or "
                             "the path of its mlflow.db)")
     uri = normalize_tracking_uri(uri, Path.cwd())
+    if uri.startswith(("http://", "https://")):
+        try:
+            check_server(uri)
+        except UserError:  # its fix names the sweep's key; here it is --tracking-uri
+            raise UserError(f"MLflow tracking server '{uri}' is not reachable; start it, or "
+                            "pass --tracking-uri with the path of the mlflow.db the study or "
+                            "sweep wrote") from None
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if not path.is_file():

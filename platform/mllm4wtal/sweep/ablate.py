@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mllm4wtal.config import to_flat
+from mllm4wtal.config import from_flat, to_flat
 from mllm4wtal.sweep.mlflow_tags import (
     CONFIG_TAG,
     KIND_ABLATION,
@@ -211,7 +211,9 @@ def run_ablation(study: Study, verbose: int = 1) -> AblationResult:
     if todo:
         dataset = load_from_config(study.base_config.data)
         with runner.ray_started():
-            trainable = runner.make_trainable(base, dataset, study.resources, fn=run_cell)
+            cells = [from_flat(study.cell_params(c)) for c in todo]
+            trainable = runner.make_trainable(base, dataset, study.resources, cells,
+                                              fn=run_cell)
             callback = MlflowTuneCallback(
                 tracker, functools.partial(_cell_params, base=base), total,
                 run_dir_for=runner.checkpoint_dir,

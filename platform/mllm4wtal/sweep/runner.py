@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,21 +27,37 @@ from typing import Any
 import ray
 from ray import tune
 
+from mllm4wtal import files
 from mllm4wtal.config import to_flat
 from mllm4wtal.data.load import load_from_config
 from mllm4wtal.errors import UserError
 from mllm4wtal.ray_session import start_ray
+from mllm4wtal.sweep.faults import (
+    SpaceReserve,
+    fault_line,
+    one_line,
+    resume_hint,
+    storage_fault,
+)
 from mllm4wtal.sweep.mlflow_tags import SEARCH_SPACE_TAG, SWEEP_TAG
 from mllm4wtal.sweep.records import TrialRecord, mark_killed, trial_record
-from mllm4wtal.sweep.search import make_scheduler, make_searcher
+from mllm4wtal.sweep.search import (
+    fail_running,
+    make_scheduler,
+    make_searcher,
+    optuna_storage_url,
+)
 from mllm4wtal.sweep.spaces.search_space import SearchSpaceFile, load_search_space
 from mllm4wtal.sweep.tracker import SweepTracker
-from mllm4wtal.sweep.trainable import run_trial
+from mllm4wtal.sweep.trainable import run_trial, shared_text_bundles
 from mllm4wtal.sweep.tune_callback import MlflowTuneCallback
+
+logger = logging.getLogger(__name__)
 
 SPACE_COPY = "sweep.yaml"
 SETTINGS = "sweep.json"  # the --set overrides and flags the sweep was started with
 STUDY_COPY = "study.yaml"  # marks the experiment directory of an ablation study (sweep.ablate)
+SQLITE = "sqlite:///"
 
 
 @dataclass
@@ -69,12 +86,15 @@ def tune_storage(storage_path: str) -> str:
     return str(Path(storage_path)) if "://" not in storage_path else storage_path
 
 
-def make_trainable(base: dict[str, Any], dataset: Any, resources: Any,
+def make_trainable(base: dict[str, Any], dataset: Any, resources: Any, configs: Any,
                    fn: Any = run_trial) -> Any:
-    """``fn`` (``run_trial``, or ``run_cell`` of a study) with the flat base config and the
-    dataset (put in the object store once, shared by every trial of a node) bound, asking
-    ``resources`` (cpu, gpu) per trial."""
-    return tune.with_resources(tune.with_parameters(fn, base=base, dataset=dataset),
+    """``fn`` (``run_trial``, or ``run_cell`` of a study) with the flat base config, the
+    dataset and the text bundles of ``configs`` (built here once; all put in the object
+    store once, shared by every trial of a node) bound, asking ``resources`` (cpu, gpu)
+    per trial."""
+    texts = shared_text_bundles(configs, dataset)
+    return tune.with_resources(tune.with_parameters(fn, base=base, dataset=dataset,
+                                                    texts=texts),
                                {"cpu": resources.cpu, "gpu": resources.gpu})
 
 
@@ -138,6 +158,7 @@ def claim(space: SearchSpaceFile, overrides: list[str], edits: list[str] | None 
           ) -> None:
     """Create the experiment directory of a new sweep; an existing sweep is never reused."""
     exp = Path(space.experiment_dir)
+    files.check_name(exp, "--storage, or the file's name:")
     if (exp / SPACE_COPY).exists():
         raise UserError(f"{exp} already holds the sweep '{space.name}'; continue it with "
                         f"`mllm4wtal sweep --resume {exp}`, or give the new one another "
@@ -145,14 +166,16 @@ def claim(space: SearchSpaceFile, overrides: list[str], edits: list[str] | None 
     if (exp / STUDY_COPY).exists():
         raise UserError(f"{exp} holds the ablation study '{space.name}'; give the sweep "
                         "another name (key `name:`) or storage (--storage)")
-    exp.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(space.path, exp / SPACE_COPY)
-    (exp / SETTINGS).write_text(json.dumps({
+    files.ensure_dir(exp, fix="--storage")  # writable, before Ray or MLflow start
+    with files.writing(exp / SPACE_COPY, "--storage"):
+        shutil.copy2(space.path, exp / SPACE_COPY)
+    files.write_text(exp / SETTINGS, json.dumps({
         "source": str(space.path), "overrides": list(overrides),
         # the copy lies in the experiment dir: pin where the sweep writes
         "edits": [*(edits or []), f"storage.path={space.storage_path}",
                   f"mlflow.tracking_uri={space.mlflow.tracking_uri}",
-                  f"mlflow.experiment={space.mlflow.experiment}"]}, indent=1))
+                  f"mlflow.experiment={space.mlflow.experiment}"]}, indent=1),
+        force=True, fix="--storage")
 
 
 def reload(experiment_dir: str | Path) -> SearchSpaceFile:
@@ -199,27 +222,80 @@ def conclusion(space: SearchSpaceFile, result: SweepResult) -> str:
     return "\n".join(lines)
 
 
+def stopped_by_fault(space: SearchSpaceFile, tracker: SweepTracker | None,
+                     error: BaseException, reserve: SpaceReserve) -> str | None:
+    """A sweep that stopped on an exception: its records end FAILED (MLflow parent
+    and RUNNING children, with the tag ``error``; RUNNING Optuna trials). Returns the one
+    line for a storage fault (disk full, read-only, I/O error), else None (a bug, whose
+    traceback the caller keeps). Ray has stopped the trials by now; ``reserve`` is released
+    once the line is worded (it tells the free space of the fault), so that the records
+    can be written on a full disk."""
+    exp = Path(space.experiment_dir)
+    urls = {"optuna": optuna_storage_url(space),
+            "mlflow": tracker.tracking_uri if tracker is not None else ""}
+    stores = {k: Path(url.removeprefix(SQLITE)) for k, url in urls.items()
+              if url.startswith(SQLITE)}
+    fault = storage_fault(error, stores)
+    line = None
+    if fault is not None:
+        path, os_err = fault
+        line = fault_line(path or exp, os_err, resume_hint(exp))
+    reason = line or one_line(error)
+    reserve.release()
+    closers: list[Callable[[], Any]] = [lambda: fail_running(space, reason)]
+    if tracker is not None:
+        closers.append(lambda: tracker.finish("FAILED", error=reason))
+    for close in closers:
+        try:
+            close()
+        except Exception:  # the store itself may be what failed; the line still matters
+            logger.warning("could not mark the records of '%s' FAILED", space.name,
+                           exc_info=True)
+    return line
+
+
 def run_sweep(space: SearchSpaceFile, resume: bool = False, verbose: int = 1) -> SweepResult:
-    """Run (or, with ``resume``, continue) the sweep ``space`` describes."""
+    """Run (or, with ``resume``, continue) the sweep ``space`` describes. A storage fault
+    (disk full, ...) ends it with one :class:`UserError` line and FAILED records; ``--resume``
+    continues it once the fault is fixed."""
+    exp = Path(space.experiment_dir)
+    local = "://" not in space.experiment_dir
+    reserve = SpaceReserve(exp if local else None, resume_hint(space.experiment_dir))
+    reserve.hold()
+    tracker = None
+    try:
+        tracker = SweepTracker(exp, space.mlflow.experiment, space.mlflow.tracking_uri,
+                               sweep_name=space.name, base_params=to_flat(space.base_config),
+                               tags={SWEEP_TAG: space.name, SEARCH_SPACE_TAG: str(space.path)})
+        return _run(space, tracker, resume, verbose)
+    except Exception as e:
+        line = stopped_by_fault(space, tracker, e, reserve)
+        if line is None:
+            raise
+        raise UserError(line) from None
+    finally:
+        reserve.release()
+
+
+def _run(space: SearchSpaceFile, tracker: SweepTracker, resume: bool, verbose: int
+         ) -> SweepResult:
     exp = Path(space.experiment_dir)
     base = to_flat(space.base_config)
     total = space.base_config.train.iterations
-    tracker = SweepTracker(exp, space.mlflow.experiment, space.mlflow.tracking_uri,
-                           sweep_name=space.name, base_params=base,
-                           tags={SWEEP_TAG: space.name, SEARCH_SPACE_TAG: str(space.path)})
     dataset = load_from_config(space.base_config.data)
     with ray_started():
-        trainable = make_trainable(base, dataset, space.resources)
+        trainable = make_trainable(base, dataset, space.resources, [space.base_config])
         callback = MlflowTuneCallback(tracker, functools.partial(trial_params, base=base),
                                       total, run_dir_for=checkpoint_dir)
-        if resume:
+        if resume and tune.Tuner.can_restore(str(exp)):  # else it stopped before Tune saved
             tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=make_searcher(space),
                                             scheduler=make_scheduler(space),
-                                            num_samples=space.trials.num_samples),
+                                            num_samples=space.trials.num_samples,
+                                            reuse_actors=True),  # no process start per trial
                 run_config=tune.RunConfig(
                     name=space.name, storage_path=tune_storage(space.storage_path),
                     callbacks=[callback], verbose=verbose,

@@ -15,6 +15,7 @@ was not tested with (:data:`TESTED_RAY`).
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -61,6 +62,16 @@ class OptunaSearchState:
         """The Optuna trial behind a Tune trial."""
         return self.search._ot_trials[trial_id]
 
+    def failed(self) -> dict[str, optuna.trial.FrozenTrial]:
+        """The study's FAIL trials, by Tune trial id."""
+        numbers = {t.number: t for t in self.search._ot_study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
+        return {tid: numbers[trial.number] for tid, trial in self.search._ot_trials.items()
+                if trial.number in numbers}
+
+    def mark_finished(self, trial_id: str) -> None:
+        self.search._completed_trials.add(trial_id)
+
     def tell_pruned(self, trial_id: str, iteration: int) -> None:
         """Tell the study the trial was pruned at ``iteration`` (a user attribute)."""
         trial = self.trial(trial_id)
@@ -70,13 +81,53 @@ class OptunaSearchState:
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that records ASHA-stopped trials as PRUNED (see module docstring)."""
+    """``OptunaSearch`` that records ASHA-stopped trials as PRUNED (see module docstring).
+
+    A trial whose Optuna record is FAIL (it failed, or :func:`fail_running` closed it when
+    the sweep stopped on a fault) and that ``--resume`` runs again gets a second record when
+    it ends: the same parameters, its intermediate values and end, and ``retry_of`` the
+    first one. Optuna cannot reopen a finished trial.
+    """
 
     def __init__(self, *args: Any, total_iterations: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.total_iterations = total_iterations
         self._reported: dict[str, set[int]] = {}
+        self._retried: dict[str, dict[str, Any]] = {}
         check_ray_version()
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        retried = getattr(self, "_retried", {})  # a state saved before retries existed
+        for tid, closed in self.state.failed().items():
+            retried.setdefault(tid, {"of": closed.number, "params": closed.params,
+                                     "distributions": closed.distributions,
+                                     "values": dict(closed.intermediate_values)})
+        self._retried = retried
+
+    def _retry_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:
+            self._retried[trial_id]["values"][int(result[TIME_ATTR])] = result[self.metric]
+
+    def _retry_end(self, trial_id: str, result: dict | None, error: bool) -> None:
+        if result and not error:
+            self._retry_result(trial_id, result)
+        retry = self._retried.pop(trial_id)
+        reached = int(result.get(TIME_ATTR, 0)) if result else 0
+        value = result.get(self.metric) if result and not error else None
+        attrs: dict[str, Any] = {"retry_of": retry["of"]}
+        if error or value is None:
+            state = optuna.trial.TrialState.FAIL
+        elif reached >= self.total_iterations:
+            state = optuna.trial.TrialState.COMPLETE
+        else:
+            state, value = optuna.trial.TrialState.PRUNED, None
+            attrs["pruned_at_iteration"] = reached
+        self._ot_study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params=retry["params"],
+            distributions=retry["distributions"], user_attrs=attrs,
+            intermediate_values=retry["values"]))
+        self.state.mark_finished(trial_id)
 
     @property
     def state(self) -> OptunaSearchState:
@@ -84,6 +135,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
         return OptunaSearchState(self)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._retried:
+            self._retry_result(trial_id, result)
+            return
         if self.state.finished(trial_id) or self.metric not in result:
             return
         step = int(result[TIME_ATTR])
@@ -94,6 +148,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        if trial_id in self._retried:
+            self._retry_end(trial_id, result, error)
+            return
         if self.state.finished(trial_id):
             return
         if result and not error:  # Tune hands the last result (the rung's) only here
@@ -134,3 +191,20 @@ def make_scheduler(space: SearchSpaceFile) -> TrialScheduler:
 
 def load_study(space: SearchSpaceFile) -> optuna.Study:
     return optuna.load_study(study_name=space.name, storage=optuna_storage_url(space))
+
+
+def fail_running(space: SearchSpaceFile, reason: str) -> list[int]:
+    """Close the study's RUNNING trials as FAIL (a sweep that stopped on a fault) and note
+    ``reason`` on the study (user attribute ``stopped_by``); returns their numbers."""
+    url = optuna_storage_url(space)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return []  # the sweep stopped before its study was created
+    try:
+        study = load_study(space)
+    except KeyError:
+        return []
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    study.set_user_attr("stopped_by", reason)
+    return [t.number for t in running]

@@ -176,6 +176,8 @@ class SweepTracker:
             self.client.restore_run(run_id)
         if run.info.status != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
+        if ERROR_TAG in run.data.tags:  # the reason an earlier attempt failed
+            self.client.delete_tag(run_id, ERROR_TAG)
         return run_id
 
     def _search(self, extra_filter: str = "") -> list[Any]:
@@ -322,15 +324,23 @@ class SweepTracker:
         return [run.data.tags.get(TRIAL_TAG, run.info.run_id)
                 for run in self._search(" and attributes.status = 'RUNNING'")]
 
-    def finish(self, status: str = "FINISHED") -> list[str]:
-        """End the sweep: children still RUNNING become KILLED, then the parent gets
-        ``status``. Returns the trial ids that were killed. A later tracker on the same
-        experiment dir re-opens both."""
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> list[str]:
+        """End the sweep: children still RUNNING become KILLED (FAILED, with the tag
+        ``error``, when the sweep failed), then the parent gets ``status`` (and ``error``).
+        Returns the trial ids that were ended here. A later tracker on the same experiment
+        dir re-opens both."""
         if status not in END_STATUSES:
             raise ValueError(f"status must be one of {END_STATUSES}, not {status!r}")
-        killed = []
+        child_status = "FAILED" if status == "FAILED" else "KILLED"
+        tags = [RunTag(ERROR_TAG, truncate(error.strip(), MAX_TAG_VALUE_LENGTH, keep="tail"))
+                ] if error else []
+        ended = []
         for run in self._search(" and attributes.status = 'RUNNING'"):
-            self.client.set_terminated(run.info.run_id, status="KILLED")
-            killed.append(run.data.tags.get(TRIAL_TAG, run.info.run_id))
+            if tags:
+                self.client.log_batch(run.info.run_id, tags=tags)
+            self.client.set_terminated(run.info.run_id, status=child_status)
+            ended.append(run.data.tags.get(TRIAL_TAG, run.info.run_id))
+        if tags:
+            self.client.log_batch(self.parent_run_id, tags=tags)
         self.client.set_terminated(self.parent_run_id, status=status)
-        return killed
+        return ended

@@ -12,19 +12,24 @@ object store once and shared by every trial on a node, not re-read per trial.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
 
-from mllm4wtal.config import from_flat
+from mllm4wtal.config import Config, from_flat
 from mllm4wtal.data.types import WTALDataset
+from mllm4wtal.errors import UserError
 from mllm4wtal.inference.evaluate import ModelEvaluator
+from mllm4wtal.sweep.faults import STORAGE_ERRNOS, fault_line
+from mllm4wtal.text.bundle import TextBundle, build_text_bundle, bundle_key
 from mllm4wtal.train.loop import train
 
 #: what a trial checkpoint carries of the run directory
@@ -59,9 +64,22 @@ def copy_run_files(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
+def shared_text_bundles(configs: Iterable[Config], dataset: WTALDataset
+                        ) -> dict[str, TextBundle]:
+    """The text bundles the trials of these configs need, each built once (in the driver,
+    then shared through the object store like the dataset), by ``bundle_key``."""
+    out: dict[str, TextBundle] = {}
+    for cfg in configs:
+        if (cfg.ksm.enabled or cfg.csr.enabled) and bundle_key(cfg) not in out:
+            out[bundle_key(cfg)] = build_text_bundle(cfg, dataset)
+    return out
+
+
 def run_trial(trial_params: Mapping[str, Any], *, base: Mapping[str, Any],
-              dataset: WTALDataset) -> None:
-    """The Ray Tune function trainable; ``base`` is the flat base config."""
+              dataset: WTALDataset, texts: Mapping[str, TextBundle] | None = None) -> None:
+    """The Ray Tune function trainable; ``base`` is the flat base config, ``texts`` the
+    bundles built in the driver (a trial whose text config is not among them builds its
+    own)."""
     ctx = tune.get_context()
     flat = {**base, **trial_params}
     flat["train.device"] = trial_device(str(flat["train.device"]))
@@ -72,17 +90,41 @@ def run_trial(trial_params: Mapping[str, Any], *, base: Mapping[str, Any],
     resume = restore_run_dir(tune.get_checkpoint(), run_dir)
 
     def report(metrics: dict[str, float], run_dir: Path) -> None:
+        if cfg.train.device == "cuda":  # for packing trials on a GPU (jobs/bench)
+            peak = torch.cuda.max_memory_allocated() / 2**20
+            metrics = {**metrics, "gpu/max_allocated_mib": peak}
         with tempfile.TemporaryDirectory() as tmp:
             copy_run_files(run_dir, Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    train(cfg, dataset, run_dir, evaluate=ModelEvaluator(cfg, dataset), report=report,
-          resume=resume, progress=False)
+    try:
+        train(cfg, dataset, run_dir, evaluate=ModelEvaluator(cfg, dataset), report=report,
+              resume=resume, progress=False, text=(texts or {}).get(bundle_key(cfg)))
+    except OSError as e:  # Ray persisting a checkpoint (tune.report) ends up here too
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        trial_dir, exp = storage_dirs(ctx, run_dir)
+        where = Path(os.fsdecode(e.filename)) if e.filename is not None else trial_dir
+        again = (f"resume the sweep (`mllm4wtal sweep --resume {exp}`) or run the study "
+                 "again")
+        raise UserError(fault_line(where, e, again)) from None
+
+
+def storage_dirs(ctx: Any, run_dir: Path) -> tuple[Path, Path]:
+    """The trial's folder and the experiment folder in a local storage, where Ray persists
+    the checkpoints (Ray's developer API); else the local trial folder and its parent."""
+    try:
+        storage = ctx.get_storage()
+        if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+            return Path(storage.trial_fs_path), Path(storage.experiment_fs_path)
+    except Exception:  # outside a Ray Tune session
+        pass
+    return run_dir.parent, run_dir.parent.parent
 
 
 def run_cell(config: Mapping[str, Any], *, base: Mapping[str, Any],
-             dataset: WTALDataset) -> None:
+             dataset: WTALDataset, texts: Mapping[str, TextBundle] | None = None) -> None:
     """The trainable of an ablation study (``sweep.ablate``): Ray's config is
     ``{"cell": {"variant", "seed", "overrides"}}``, one cell of its grid; the cell's flat
     overrides go to :func:`run_trial`."""
-    run_trial(config["cell"]["overrides"], base=base, dataset=dataset)
+    run_trial(config["cell"]["overrides"], base=base, dataset=dataset, texts=texts)

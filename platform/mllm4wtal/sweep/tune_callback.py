@@ -16,6 +16,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from mllm4wtal.sweep.faults import traceback_reason
 from mllm4wtal.sweep.tracker import SweepTracker
 
 logger = logging.getLogger(__name__)
@@ -24,12 +25,13 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def trial_error_message(trial: Any) -> str | None:
-    """The last failure Ray recorded for a trial (its ``error.txt``, colours removed), else None.
+    """The reason of the last failure Ray recorded for a trial, one line (``Type:
+    message``, from its ``error.txt``, colours removed), else None.
 
     Ray appends ``Failure # n (occurred at ...)`` and ``str(exception)`` (a ``RayTaskError``
     whose text ends with the user's exception) to ``trial.error_file`` (on the driver, under
     ``trial.local_path``) before calling ``on_trial_error``; ``trial.get_error()`` reads the
-    same file from the experiment's storage.
+    same file from the experiment's storage. The whole text is logged as an artifact.
     """
     text = None
     path = getattr(trial, "error_file", None)
@@ -44,7 +46,7 @@ def trial_error_message(trial: Any) -> str | None:
         return None
     text = _ANSI.sub("", str(text))
     blocks = re.split(r"^Failure # \d+ \(occurred at [^)]*\)\n", text, flags=re.M)
-    return blocks[-1].strip() or text.strip()
+    return traceback_reason(blocks[-1]) or traceback_reason(text) or None
 
 
 class MlflowTuneCallback(Callback):

@@ -5,6 +5,8 @@ action words (for masking)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +16,7 @@ from mllm4wtal.config import Config
 from mllm4wtal.data.types import Video, WTALDataset
 from mllm4wtal.text.masking import mask_positions
 from mllm4wtal.text.prompts import humanize
-from mllm4wtal.text.store import build_store, descriptions_for, read_store
+from mllm4wtal.text.store import StoreError, build_store, descriptions_for, read_store
 from mllm4wtal.text.tensors import HANDCRAFT_PROMPT, TextTensors
 from mllm4wtal.text.vectors import embedding_matrix, load_vectors, train_vectors
 from mllm4wtal.text.vocab import PAD, Vocabulary, is_stopword, tokenize
@@ -31,6 +33,7 @@ class TextBundle:
     vocab: Vocabulary
     tensors: TextTensors
     complete: dict[str, list[Sentence]]  # training video -> one per labelled class
+    key: str = ""  # bundle_key of the config it was built for
 
     def masked_sentences(self, videos: list[Video], ratio: float, key_weight: float,
                          rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
@@ -44,15 +47,27 @@ class TextBundle:
         ids = torch.full((len(videos), m), PAD, dtype=torch.long)
         masked = torch.zeros(len(videos), m, dtype=torch.bool)
         for row, s in enumerate(chosen):
-            ids[row, : len(s.ids)] = torch.from_numpy(s.ids)
+            ids[row, : len(s.ids)] = torch.tensor(s.ids)  # may be read-only (object store)
             pos = mask_positions(len(s.ids), s.is_key, ratio, key_weight, rng)
             masked[row, torch.from_numpy(pos)] = True
         return ids, ids != PAD, masked
 
 
+def bundle_key(cfg: Config) -> str:
+    """What a bundle depends on besides the dataset: the ``text`` section and the seed the
+    word vectors are trained with. Configs with equal keys share one bundle (a sweep builds
+    it once in its driver for all trials)."""
+    return json.dumps({"text": dataclasses.asdict(cfg.text), "seed": cfg.train.seed},
+                      sort_keys=True)
+
+
 def build_text_bundle(cfg: Config, dataset: WTALDataset) -> TextBundle:
     tc = cfg.text
     if tc.backend == "file":
+        if not tc.store.strip():
+            raise StoreError("text.backend = 'file' needs text.store, the JSONL description "
+                             "store `mllm4wtal describe` writes: pass --set "
+                             "text.store=<descriptions.jsonl>, or use text.backend=template")
         records = descriptions_for(dataset, read_store(tc.store), tc.fallback_to_template,
                                    source=tc.store)
     else:
@@ -99,4 +114,4 @@ def build_text_bundle(cfg: Config, dataset: WTALDataset) -> TextBundle:
     tensors = TextTensors(
         word_vectors=torch.from_numpy(matrix), key_ids=key_ids, key_count=key_count,
         handcraft_ids=torch.tensor(vocab.encode(tokenize(HANDCRAFT_PROMPT), 16)))
-    return TextBundle(vocab=vocab, tensors=tensors, complete=complete)
+    return TextBundle(vocab=vocab, tensors=tensors, complete=complete, key=bundle_key(cfg))

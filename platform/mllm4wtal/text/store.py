@@ -32,6 +32,7 @@ REQUIRED = FIELDS[:4]
 OPTIONAL_DEFAULTS: dict[str, Any] = {"backend": "file", "model": "", "prompt": {}}
 BACKENDS = ("template",)  # built here; `file` and `hf` stores are written by `describe`
 _SHOWN = 5
+_FIX_LINE = "fix or delete that record (`mllm4wtal describe` writes a deleted pair anew)"
 
 Pair = tuple[str, str]
 
@@ -78,20 +79,23 @@ class DescriptionRecord:
     def from_dict(cls, d: Mapping[str, Any], where: str = "record") -> DescriptionRecord:
         """Validate and convert; ``where`` (e.g. "store.jsonl, line 3") prefixes errors."""
         if not isinstance(d, Mapping):
-            raise StoreError(f"{where}: a record is a JSON object, got {type(d).__name__}")
+            raise StoreError(f"{where}: a record is a JSON object, got {type(d).__name__}; "
+                             f"{_FIX_LINE}")
         d = {**OPTIONAL_DEFAULTS, **d}
         missing = [k for k in FIELDS if k not in d]
         if missing:
-            raise StoreError(f"{where}: record lacks field(s) {', '.join(missing)}")
+            raise StoreError(f"{where}: record lacks field(s) {', '.join(missing)}; "
+                             f"{_FIX_LINE}")
         bad = [k for k in ("video", "class", "key", "complete", "backend", "model")
                if not isinstance(d[k], str)]
         if bad:
-            raise StoreError(f"{where}: field(s) {', '.join(bad)} must be strings")
+            raise StoreError(f"{where}: field(s) {', '.join(bad)} must be strings; {_FIX_LINE}")
         if not isinstance(d["prompt"], str | dict):
-            raise StoreError(f"{where}: field prompt must be a string or an object")
+            raise StoreError(f"{where}: field prompt must be a string or an object; "
+                             f"{_FIX_LINE}")
         empty = [k for k in ("video", "class") if not d[k].strip()]
         if empty:
-            raise StoreError(f"{where}: field(s) {', '.join(empty)} are empty")
+            raise StoreError(f"{where}: field(s) {', '.join(empty)} are empty; {_FIX_LINE}")
         return cls(video=d["video"], cls=d["class"], key=d["key"], complete=d["complete"],
                    backend=d["backend"], model=d["model"], prompt=d["prompt"],
                    extra={k: v for k, v in d.items() if k not in FIELDS})
@@ -124,10 +128,17 @@ def read_store(path: str | Path) -> dict[Pair, DescriptionRecord]:
     field. A bad *last* line is reported as truncated, with how to repair it.
     """
     p = Path(path)
+    if p.is_dir():
+        raise StoreError(f"description store '{p}' is a directory; text.store names the JSONL "
+                         "file `mllm4wtal describe` wrote")
     if not p.is_file():
         raise StoreError(f"description store '{p}' does not exist; write one with "
                          "`mllm4wtal describe`, or use text.backend=template")
-    lines = _lines(p)
+    try:
+        lines = _lines(p)
+    except OSError as e:
+        raise StoreError(f"description store '{p}' cannot be read ({e.strerror}); check its "
+                         "permissions") from None
     last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     out: dict[Pair, DescriptionRecord] = {}
     for i, line in enumerate(lines):
@@ -135,13 +146,14 @@ def read_store(path: str | Path) -> dict[Pair, DescriptionRecord]:
             continue
         try:
             d = _parse(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
             if i == last:
                 raise StoreError(f"{p}: line {i + 1} (the last) is truncated or corrupt, "
                                  f"likely a crash while it was written; "
                                  f"{_repair_hint(p)}") from None
-            raise StoreError(f"{p}: line {i + 1} is not valid JSON ({e}); fix or delete "
-                             "that line") from None
+            raise StoreError(f"{p}: line {i + 1} is not valid JSON "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); fix "
+                             "or delete that line") from None
         rec = DescriptionRecord.from_dict(d, where=f"{p}: line {i + 1}")
         out[rec.pair] = rec
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +22,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mllm4wtal.config import Config, save_config, to_flat
+from mllm4wtal import files
+from mllm4wtal.config import Config, to_flat
 from mllm4wtal.data.batching import TrainBatchSampler
 from mllm4wtal.data.types import WTALDataset
 from mllm4wtal.errors import DivergenceError, UserError
 from mllm4wtal.model.mllm4wtal import MLLM4WTAL
-from mllm4wtal.text.bundle import TextBundle, build_text_bundle
-from mllm4wtal.train.checkpoint import load_checkpoint, save_checkpoint
+from mllm4wtal.text.bundle import TextBundle, build_text_bundle, bundle_key
+from mllm4wtal.train.checkpoint import (
+    RUN_FILES,
+    load_checkpoint,
+    new_run_id,
+    owning_run,
+    save_checkpoint,
+    write_run_config,
+)
 from mllm4wtal.train.dpid import DPID, Batch
 
 Report = Callable[[dict[str, float], Path], None]
+WHERE = "--run-dir or train.out_dir"
 
 
 class Evaluate(Protocol):
@@ -86,23 +96,33 @@ def make_batch(cfg: Config, dataset: WTALDataset, sampler: TrainBatchSampler,
 
 def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: Evaluate | None,
           report: Report | None = None, resume: str | Path | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, text: TextBundle | None = None) -> TrainResult:
     """Train MLLM4WTAL; checkpoints and metrics go to ``run_dir``.
+
+    ``text``: the text bundle of this config and dataset when the caller has it (a sweep
+    builds it once for all its trials); else it is built here.
 
     ``evaluate``: called every ``train.eval_interval`` iterations and at the end; None trains
     without evaluation (metrics hold the losses only, and no ``best.pt`` is written).
 
     ``resume``: a checkpoint (``last.pt``) to continue from; its config must match ``cfg``
-    except for ``train.iterations`` (a run may be extended).
+    except for ``train.iterations`` (a run may be extended), and ``run_dir`` must be the
+    checkpoint's own run (``checkpoint.owning_run``). A new run never writes into a folder
+    that holds one. Every file goes through ``mllm4wtal.files``.
     """
     run_dir = Path(run_dir)
-    if resume is None and (run_dir / "last.pt").exists():
-        raise UserError(f"{run_dir} already holds a run; resume it from {run_dir}/last.pt or "
-                        "choose another run directory (nothing is overwritten)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    files.check_writable(run_dir, fix=WHERE)
+    if resume is None:
+        refuse_taken(run_dir)
+    files.ensure_dir(run_dir, fix=WHERE, check=False)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    text = build_text_bundle(cfg, dataset) if (cfg.ksm.enabled or cfg.csr.enabled) else None
+    if not (cfg.ksm.enabled or cfg.csr.enabled):
+        text = None
+    elif text is None:
+        text = build_text_bundle(cfg, dataset)
+    elif text.key != bundle_key(cfg):
+        raise ValueError("the text bundle given to train() was built for another text config")
     model = build_model(cfg, dataset, text).to(device)
     dpid = DPID(model, cfg)
     sampler = TrainBatchSampler.from_dataset(
@@ -113,6 +133,7 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: E
     start, best, best_it, last_metrics = 0, -math.inf, -1, {}
     if resume is not None:
         state = load_checkpoint(resume)
+        run_id = owning_run(resume, run_dir, state) or new_run_id()
         _check_resumable(cfg, state, resume)
         model.load_state_dict(state["model"])
         dpid.opt_ksm.load_state_dict(state["opt_ksm"])
@@ -123,7 +144,9 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: E
         start, best, best_it = state["iteration"], state["best"], state["best_iteration"]
         last_metrics = state.get("metrics", {})
     else:
-        save_config(cfg, run_dir / "config.yaml")
+        run_id = new_run_id()
+    # on resume too: config.yaml then says what the run now is (e.g. more iterations)
+    write_run_config(cfg, run_dir / "config.yaml", run_id, force=resume is not None)
 
     def checkpoint_state(iteration: int, metrics: dict[str, float]) -> dict:
         return {
@@ -133,13 +156,14 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: E
             "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
             "iteration": iteration, "best": best, "best_iteration": best_it,
             "metrics": metrics, "config": to_flat(cfg),
-            "classes": dataset.classes, "dataset": dataset.name,
+            "classes": dataset.classes, "dataset": dataset.name, "run_id": run_id,
         }
 
     bar = tqdm(range(start, cfg.train.iterations), initial=start, total=cfg.train.iterations,
                disable=not progress, desc="train", dynamic_ncols=True)
     losses: dict[str, float] = {}
     shown = evaluate.metric if evaluate is not None else ""
+    started = time.time()  # after set-up: what a sweep's slot accounting calls start-up
     for it in bar:
         batch = make_batch(cfg, dataset, sampler, text, rng).to(device)
         try:
@@ -158,19 +182,32 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: E
             if evaluate is not None and metrics[evaluate.metric] > best:
                 best, best_it = metrics[evaluate.metric], done
                 save_checkpoint(run_dir / "best.pt", checkpoint_state(done, metrics))
-                (run_dir / "predictions.json").write_text(json.dumps(predictions))
+                files.write_text(run_dir / "predictions.json", json.dumps(predictions),
+                                 force=True, fix=WHERE)
             save_checkpoint(run_dir / "last.pt", checkpoint_state(done, metrics))
             last_metrics = metrics
-            with (run_dir / "metrics.jsonl").open("a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
-            if report is not None:
-                report(metrics, run_dir)
+            with files.appending(run_dir / "metrics.jsonl", fix=WHERE) as log:
+                with log.open("a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+            if report is not None:  # plus when this process began iterating (not logged)
+                report({**metrics, "time/first_iteration": started}, run_dir)
         bar.set_postfix(match=f"{losses.get('loss/match', 0):.3f}",
                         rec=f"{losses.get('loss/rec', 0):.3f}",
                         mAP=f"{last_metrics.get(shown, 0) * 100:.1f}")
     bar.close()
     return TrainResult(run_dir=run_dir, iteration=cfg.train.iterations, best_metric=best,
                        best_iteration=best_it, last_metrics=last_metrics)
+
+
+def refuse_taken(run_dir: Path) -> None:
+    """A new run never writes into a folder that holds one."""
+    held = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if not held:
+        return
+    how = (f"resume it with --resume {run_dir / 'last.pt'}" if "last.pt" in held
+           else "it has no checkpoint to resume")
+    raise UserError(f"{run_dir} already holds a run ({', '.join(held)}); {how}, or choose "
+                    "another run directory (nothing is overwritten)")
 
 
 def _check_resumable(cfg: Config, state: dict, path: str | Path) -> None:
