@@ -31,7 +31,7 @@ from mllm4wtal.inference import (
 )
 from mllm4wtal.inference import evaluate as evaluate_module
 from mllm4wtal.inference import proposals as proposals_module
-from mllm4wtal.inference.evaluate import evaluate_model, length_batches, snippet_scores
+from mllm4wtal.inference.evaluate import evaluate_model, snippet_scores
 from mllm4wtal.inference.nms import soft_nms_groups
 from mllm4wtal.inference.proposals import SnippetScores, generate_proposals_many
 from mllm4wtal.text.bundle import build_text_bundle
@@ -277,16 +277,6 @@ def test_evaluation_pass_is_unchanged(trained, source):
     assert list(predictions["results"]) == [v.name for v in data.test]
     assert predictions == ref_predictions
     assert result.flat_metrics() == ref_result.flat_metrics()
-
-
-def test_length_batches_keep_every_video_once_within_the_budget(trained):
-    _, data, _ = trained
-    batches = list(length_batches(data.test, 200))
-    assert sorted(v.name for b in batches for v in b) == sorted(v.name for v in data.test)
-    for b in batches:
-        assert len(b) == 1 or len(b) * max(v.num_snippets for v in b) <= 200
-    lengths = [v.num_snippets for b in batches for v in b]
-    assert lengths == sorted(lengths)
 
 
 # --- the pieces -----------------------------------------------------------------------

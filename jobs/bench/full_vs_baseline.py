@@ -50,6 +50,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                    help="which trained variants to run (default: all)")
     args = ap.parse_args()
     rows: dict[str, list[tuple[float, float, float]]] = {"untrained": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,7 +60,8 @@ def main() -> None:
                       f"text.cache_dir={tmp}/cache"]
             score = untrained(common)
             rows["untrained"].append((score, score, 0.0))
-            for name, extra in VARIANTS.items():
+            for name in args.variants:
+                extra = VARIANTS[name]
                 cfg = load_config("synthetic", common + extra)
                 data = load_from_config(cfg.data)
                 t0 = time.perf_counter()

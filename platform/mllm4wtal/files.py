@@ -34,7 +34,7 @@ class WriteError(UserError):
     """A file or folder cannot be written: not writable, name too long, disk full."""
 
 
-def shown(path: str | os.PathLike[str], limit: int = 240) -> str:
+def short_path(path: str | os.PathLike[str], limit: int = 240) -> str:
     """A path for a one-line message: very long ones cut in the middle."""
     text = str(path)
     return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
@@ -84,18 +84,18 @@ def check_name(path: str | os.PathLike[str], fix: str = "") -> None:
     name_max, path_max = _limits(p)
     for part in p.parts:
         if len(os.fsencode(part)) > name_max:
-            raise WriteError(f"cannot write {shown(p)}: the name '{shown(part, 40)}' is "
+            raise WriteError(f"cannot write {short_path(p)}: the name '{short_path(part, 40)}' is "
                              f"{len(os.fsencode(part))} characters, over the filesystem's limit "
                              f"of {name_max}; {_hint('use a shorter name', fix)}")
     if len(os.fsencode(str(p.absolute()))) >= path_max:
-        raise WriteError(f"cannot write {shown(p)}: the path is over the filesystem's limit of "
-                         f"{path_max} characters; {_hint('use a shorter path', fix)}")
+        raise WriteError(f"cannot write {short_path(p)}: the path is over the filesystem's "
+                         f"limit of {path_max} characters; {_hint('use a shorter path', fix)}")
 
 
 def os_error(path: str | os.PathLike[str], err: OSError, fix: str = "") -> WriteError:
     """The one line for an ``OSError`` met while writing ``path``; ``fix`` names the option
     that sets the location."""
-    p, code = shown(path), err.errno
+    p, code = short_path(path), err.errno
     if code in _DENIED:
         why = "read-only filesystem" if code == errno.EROFS else "permission denied"
         return WriteError(f"cannot write {p}: not writable ({why}); "
@@ -178,7 +178,7 @@ def refuse_existing(path: str | os.PathLike[str], force: bool, flag: str = "--fo
     if force or not is_taken(p):
         return
     what = "exists and is not empty" if p.is_dir() else "exists"
-    raise UserError(f"{shown(p)} already {what}; pass {flag} to overwrite it, or choose "
+    raise UserError(f"{short_path(p)} already {what}; pass {flag} to overwrite it, or choose "
                     "another path (nothing was written)")
 
 
@@ -191,7 +191,7 @@ def check_writable(path: str | os.PathLike[str], fix: str = "") -> Path:
     where = _existing_ancestor(p)
     if not where.is_dir():
         if where != p.absolute():
-            raise WriteError(f"cannot write {shown(p)}: {shown(where)} is a file, not a "
+            raise WriteError(f"cannot write {short_path(p)}: {short_path(where)} is a file, not a "
                              f"folder; {_hint('choose another path', fix)}")
         where = where.parent  # the file itself, to be replaced: its folder takes the new one
     probe(where, fix=fix, target=p)
@@ -203,9 +203,9 @@ def check_target(path: str | os.PathLike[str], force: bool, fix: str = "",
     """:func:`check_writable`, and ``path`` refused when taken (unless ``force``)."""
     p = Path(path)
     if folder and p.exists() and not p.is_dir():
-        raise UserError(f"{shown(p)} is a file; pass a folder path")
+        raise UserError(f"{short_path(p)} is a file; pass a folder path")
     if not folder and p.is_dir():
-        raise UserError(f"{shown(p)} is a folder; pass a file path")
+        raise UserError(f"{short_path(p)} is a folder; pass a file path")
     refuse_existing(p, force)
     return check_writable(p, fix)
 
@@ -255,7 +255,7 @@ def replacing_dir(path: str | os.PathLike[str], *, force: bool = False, fix: str
     """
     target = Path(path)
     if target.exists() and not target.is_dir():
-        raise UserError(f"{shown(target)} is a file; pass a folder path")
+        raise UserError(f"{short_path(target)} is a file; pass a folder path")
     refuse_existing(target, force)
     existed = target.is_dir()
     home = target if existed else target.parent

@@ -190,6 +190,9 @@ class DPIDConfig:
                       choices=["mse", "kl", "mae", "share", "none", "ternary_kd"])
     schedule: str = _f("alternate", "phase schedule", choices=["alternate", "joint"])
     warmup_iterations: int = _f(0, "iterations of the KSM side alone first", min=0)
+    teacher_dropout: bool = _f(True, "teacher passes (sg(A_CSR), sg(A_KSM)) keep dropout "
+                               "(train mode); false: eval mode. Measured on the synthetic "
+                               "benchmark: see README", choices=[True, False])
     delta_h: float = _f(0.6, "ternary KD: confident-foreground threshold", min=0.0, max=1.0)
     delta_l: float = _f(0.2, "ternary KD: confident-background threshold", min=0.0, max=1.0)
     tau: float = _f(0.07, "ternary KD: contrast temperature", min=1e-4)

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from mllm4wtal.errors import UserError
-from mllm4wtal.files import free_space, os_error, shown
+from mllm4wtal.files import free_space, os_error, short_path
 
 #: the errno values that mean "the storage refuses writes", not "this input is bad" (a
 #: permission error may be an unreadable input: it keeps its own path to the user)
@@ -104,7 +104,7 @@ def fault_line(path: str | Path, error: OSError, resume: str) -> str:
     """One line: what could not be written, why (with the free space for a full disk), and
     how to go on (``resume``: e.g. :func:`resume_hint`)."""
     if error.errno in _FULL:
-        return (f"cannot write {shown(path)}: no space left on the device "
+        return (f"cannot write {short_path(path)}: no space left on the device "
                 f"({free_space(path)}); free some space there, then {resume}")
     return str(os_error(path, error, f"fix that, then {resume}"))
 
