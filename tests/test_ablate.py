@@ -257,19 +257,31 @@ def test_table_shape_and_numbers_match_mlflow(first_run):
     table = build_table(data)
     assert [r.label for r in table.rows] == ["Baseline", "+KSM+CSR"]
     per_tiou = [f"map/{t}" for t in TIOUS]
-    assert table.columns == per_tiou + [AVG, "map/avg_0.1-0.5", "map/avg_0.3-0.7"]
+    # test figures of each cell's best.pt (chosen on select), the choosing figure, optimism
+    assert table.tested and table.at == "best"
+    assert table.columns == per_tiou + [AVG, "map/avg_0.1-0.5", "map/avg_0.3-0.7",
+                                        f"select/{AVG}", f"optimism/{AVG}"]
     assert table.paper_columns == ["map/0.3", "map/avg_0.3-0.7"]
     runs = _children(result)
+    client = mlflow.MlflowClient(result.tracking_uri)
     for row in table.rows:
         assert row.n == 2 and row.seeds == [0, 1]
         mine = sorted((r for r in runs if r.data.tags["variant"] == row.label),
                       key=lambda r: int(r.data.tags["seed"]))
+        chose = []
+        for r in mine:  # best.pt: the evaluation on select with the best AVG
+            history = {m.step: m.value for m in client.get_metric_history(r.info.run_id, AVG)}
+            chose.append(max(history.values()))
         for column in table.columns:
-            if column in mine[0].data.metrics:
-                vals = [r.data.metrics[column] for r in mine]
+            if column == f"select/{AVG}":
+                vals = chose
+            elif column == f"optimism/{AVG}":
+                vals = [c - r.data.metrics[f"test/{AVG}"] for c, r in zip(chose, mine, strict=True)]
+            elif f"test/{column}" in mine[0].data.metrics:
+                vals = [r.data.metrics[f"test/{column}"] for r in mine]
             else:  # an average training did not log: the mean of its tIoUs per run
                 ts = column_tious(column, TIOUS)
-                vals = [np.mean([r.data.metrics[f"map/{t}"] for t in ts]) for r in mine]
+                vals = [np.mean([r.data.metrics[f"test/map/{t}"] for t in ts]) for r in mine]
             cell = row.cells[column]
             assert cell.n == 2
             assert cell.mean == pytest.approx(np.mean(vals), abs=1e-12)
@@ -284,16 +296,11 @@ def test_table_shape_and_numbers_match_mlflow(first_run):
         assert full.diff.p == pytest.approx(expected)
     else:  # the two differences were equal: no t statistic
         assert math.isclose(x[0] - y[0], x[1] - y[1])
-    best = build_table(data, at="best")  # each run at its best evaluation by the metric
-    client = mlflow.MlflowClient(result.tracking_uri)
-    for row in best.rows:
+    last = build_table(data, at="final")  # the choosing figure at each run's last evaluation
+    for row in last.rows:
         for seed, run in row.runs.items():
-            history = {m.step: m.value for m in client.get_metric_history(run.run_id, AVG)}
-            step = max(sorted(history), key=lambda s: history[s])
-            assert row.values[AVG][seed] == pytest.approx(history[step])
-            at_step = {m.step: m.value for m in client.get_metric_history(run.run_id,
-                                                                           "map/0.3")}
-            assert row.values["map/0.3"][seed] == pytest.approx(at_step[step])
+            assert row.values[f"select/{AVG}"][seed] == pytest.approx(run.metrics[AVG])
+            assert row.values[AVG][seed] == pytest.approx(run.metrics[f"test/{AVG}"])
     md = to_markdown(table)
     assert "| Baseline | 2 |" in md and "| +KSM+CSR | 2 |" in md
     assert "0.3 paper" in md and "56.5" in md and "vs Baseline" in md

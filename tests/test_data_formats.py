@@ -242,7 +242,8 @@ def test_pack_real_thumos_via_config(thumos_root: Path, tmp_path: Path) -> None:
     with pytest.warns(DataWarning):
         back = load_from_config(data_config(format="packed", root=tmp_path / "thumos",
                                             feature_dim=DIM, rgb_dim=3))
-    assert len(back.train) == 200 and len(back.test) == 212
+    assert len(back.split(back.train_subset)) == 200 and len(back.test) == 212
+    assert len(back.train) == 170 and len(back.select) == 30  # the hold-out: 15 %
     _assert_same(ds, back, atol=2e-3)
     with pytest.raises(DataError, match="feature width 8, expected 16"):
         load_from_config(data_config(format="packed", root=tmp_path / "thumos",

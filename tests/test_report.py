@@ -22,7 +22,12 @@ from mllm4wtal.report.build import make_report
 from mllm4wtal.report.collect import read_experiment
 from mllm4wtal.report.stats import paired_ttest, summarize
 from mllm4wtal.report.summary import write_sweep_summary
-from mllm4wtal.report.sweep_plots import sweep_records, sweep_study
+from mllm4wtal.report.sweep_data import (
+    stored_study,
+    sweep_records,
+    sweep_rungs,
+    sweep_study,
+)
 from mllm4wtal.report.tables import (
     Row,
     Table,
@@ -163,11 +168,12 @@ def test_report_of_a_sweep(sweep):
         assert run.trial_id in records
     names = {p.name for p in report.files}
     assert {"table.md", "table.csv", "table.tex", "map_curves.png", "parallel_coordinates.png",
-            "param_importances.json", "param_importances.png"} <= names
+            "param_importances.json", "param_importances.png", "optimisation_history.png",
+            "pruning.png"} <= names
     assert any(n.startswith("timeline_") for n in names)
     imp = json.loads((root / "out" / "param_importances.json").read_text())
     assert imp["metric"] == "loss/match (min)"
-    assert set(imp["importances"]) <= {"loss.mu1", "ksm.prompt"} and imp["n_complete_trials"] == 2
+    assert set(imp["importances"]) <= {"loss.mu1", "ksm.prompt"} and imp["n_trials"] == 2
     client = mlflow.MlflowClient(result.tracking_uri)
     parent = json.loads((result.experiment_dir / "mlflow_parent_run.json").read_text())["run_id"]
     assert report.logged_to == parent
@@ -178,7 +184,15 @@ def test_report_of_a_sweep(sweep):
 def test_importances_without_the_optuna_study(sweep):
     root, result = sweep
     data = read_experiment("sw", result.tracking_uri)
+    stored = stored_study(data)  # the sweep's own study: which keys each trial sampled,
+    for run in data.runs:        # found by the values MLflow holds
+        assert any(all(run.params[k] == str(v) for k, v in t.params.items())
+                   for t in stored.trials)
+    assert sweep_records(data, "loss/match", "min", stored) == sweep_records(
+        data, "loss/match", "min")  # no conditional parameter: every varying key sampled
+    assert sweep_rungs(data) == []  # read from the sweep's copy of its file: no ASHA
     data.parent_tags.pop("sweep_dir")  # e.g. a remote sweep: the study is not reachable
+    assert stored_study(data) is None and sweep_rungs(data) is None
     records = sweep_records(data, "loss/match", "min")
     assert len(records) == 2 and all(r["metric"] is not None for r in records)
     study = sweep_study(data, records, "min")

@@ -9,8 +9,8 @@ import re
 import matplotlib
 import optuna
 import pytest
+from mllm4wtal.report.importances import param_importances, plot_importances
 from mllm4wtal.report.summary import gpu_accounting, rank_records, write_summary
-from mllm4wtal.report.sweep_plots import param_importances, plot_importances
 from mllm4wtal.sweep.mlflow_store import prepare_store
 from mllm4wtal.sweep.tracker import SweepTracker
 
@@ -69,7 +69,10 @@ def test_write_summary(store, tmp_path):
     assert f"`{AVG}` (max)" in top
     imp = json.loads((out / "param_importances.json").read_text())
     assert set(imp["importances"]) == {"lr", "k"}
-    assert (out / "parallel_coordinates.png").read_bytes()[:4] == b"\x89PNG"
+    assert imp["n_trials"] == 8 and imp["left_out"] == {} and "fewer than 10" in imp["caveat"]
+    for png in ("parallel_coordinates.png", "param_importances.png", "optimisation_history.png",
+                "pruning.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
     parent = client.get_run(parent_id)
     m = parent.data.metrics
@@ -79,8 +82,8 @@ def test_write_summary(store, tmp_path):
     assert m[f"best/{AVG}"] == 0.45 and parent.data.tags["best_trial_id"] == "c"
     assert parent.data.tags["sweep_metric"] == f"{AVG} (max)"
     assert {a.path for a in client.list_artifacts(parent_id)} == {
-        "best_config.yaml", "top10.md", "param_importances.json", "parallel_coordinates.png",
-        "summary.json"}
+        "best_config.yaml", "top10.md", "param_importances.json", "param_importances.png",
+        "parallel_coordinates.png", "optimisation_history.png", "pruning.png", "summary.json"}
 
     few = write_summary(client, parent_id, "demo", _study(1), RECORDS[3:], tmp_path / "few",
                         metric=AVG, mode="min", total_iterations=100)
@@ -99,16 +102,18 @@ def test_rank_records_best_first_ties_by_trial_id():
         rank_records(recs, "best")
 
 
-def test_importance_plot_is_optunas_and_leaves_the_style_alone(tmp_path):
+def test_importances_are_optunas_and_the_plot_leaves_the_style_alone(tmp_path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _study(8)
     imp = param_importances(study)
-    assert imp["importances"] == pytest.approx(optuna.importance.get_param_importances(study))
+    assert imp["importances"] == pytest.approx(optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()))
     style = dict(matplotlib.rcParams)
-    path = plot_importances(study, imp, f"{AVG} (max)", tmp_path / "imp.png")
-    assert path.read_bytes()[:4] == b"\x89PNG"
-    assert dict(matplotlib.rcParams) == style  # optuna's ggplot style did not leak out
+    fig = plot_importances(imp, f"{AVG} (max)")
+    fig.savefig(tmp_path / "imp.png")
+    assert (tmp_path / "imp.png").read_bytes()[:4] == b"\x89PNG"
+    assert dict(matplotlib.rcParams) == style
     none = param_importances(_study(1))
-    assert none["importances"] == {} and none["n_complete_trials"] == 1
-    assert plot_importances(_study(1), none, "x", tmp_path / "none.png").is_file()
+    assert none["importances"] == {} and none["n_trials"] == 1
+    assert "from 1 trials" in plot_importances(none, "x").axes[0].get_title()
     assert param_importances(None)["note"].startswith("no Optuna study")

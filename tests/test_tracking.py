@@ -206,7 +206,7 @@ def test_parent_children_params_metrics(sweep):
     assert set(children) == set(trial_of.values())
     for lr, trial_id in trial_of.items():
         run = children[trial_id]
-        assert run.info.run_name == trial_id
+        assert run.info.run_name.startswith("trial ") and run.data.tags["trial_id"] == trial_id
         assert run.data.params == {"train.lr": str(lr), "train.seed": "7",
                                    "data.tious": "[0.1, 0.5]"}
         assert run.data.tags["seed"] == "7" and "version.ray" in run.data.tags

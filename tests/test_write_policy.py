@@ -364,7 +364,8 @@ def test_read_only_locations_are_one_line_at_the_door(read_only, tiny, tmp_path,
     for name, argv in cases.items():
         assert main(argv) == 2, name
         err = one_line_error(capsys, "not writable (read-only filesystem)", str(read_only))
-        assert err.startswith(f"mllm4wtal {argv[0]}: error: cannot write"), (name, err)
+        key = f"{QUICKSTART}: storage: " if name == "sweep" else ""  # the file's key, too
+        assert err.startswith(f"mllm4wtal {argv[0]}: error: {key}cannot write"), (name, err)
     assert sorted(p.name for p in read_only.iterdir()) == ["existing"]
 
 

@@ -31,12 +31,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mllm4wtal.sweep import ablate
+    from mllm4wtal.sweep import preflight as start_check
 
     study = ablate.load_study(args.study, args.overrides, args.seeds, args.storage,
                               args.tracking_uri)
     print(ablate.plan(study))
+    # --check and the start refuse the same things (the experiment folder, the MLflow store,
+    # resources), all at once, before anything is written
+    checked = start_check.check(study, study=True)
+    checked.refuse()
     if args.check:
         ablate.preflight(study)
+        print(checked.report())
         return 0
     result = ablate.run_ablation(study)
     print(ablate.conclusion(study, result))

@@ -24,9 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "$MLFLOW_TRACKING_URI, else ./sweeps/mlflow.db")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default: reports/<experiment>)")
-    p.add_argument("--at", choices=["final", "best"], default="final",
-                   help="each run's last evaluation (default) or its best one by the "
-                        "table's metric")
+    p.add_argument("--at", choices=["final", "best"], default=None,
+                   help="each run's best evaluation by the table's metric (what best.pt "
+                        "holds) or its final one; default: a sweep's own `score:` rule, "
+                        "else best")
     p.add_argument("--videos", type=int, default=3, metavar="N",
                    help="test videos to draw timelines of (loads each row's checkpoint; "
                         "0 = none; default 3)")

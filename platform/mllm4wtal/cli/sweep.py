@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mllm4wtal.sweep import runner
+    from mllm4wtal.sweep import preflight, runner
 
     if args.resume:
         if args.space or args.overrides or args.edits or args.storage or args.tracking_uri:
@@ -46,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("sweep needs a search-space file (e.g. search_spaces/quickstart.yaml) "
                         "or --resume EXPERIMENT_DIR")
     print(runner.plan(space))
+    # --check and the start refuse the same things, all at once, before anything is written
+    checked = preflight.check(space, resume=bool(args.resume))
+    checked.refuse()
     if args.check:
+        print(checked.report())
         return 0
     if not args.resume:
         runner.claim(space, args.overrides, args.edits)

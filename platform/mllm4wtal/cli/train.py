@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from mllm4wtal.cli import options
@@ -13,9 +14,12 @@ WHERE = "--run-dir, or --set train.out_dir=..."
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train MLLM4WTAL once (progress bar, checkpoints)",
                        description="Train one model: every train.eval_interval iterations it "
-                                   "evaluates mAP on the test subset and writes last.pt, "
-                                   "best.pt (best average mAP), predictions.json and "
-                                   "metrics.jsonl into the run directory.")
+                                   "evaluates mAP on the select videos (data.select: a "
+                                   "hold-out of the training videos by default) and writes "
+                                   "last.pt, best.pt (best train.best_metric, default the "
+                                   "average mAP), predictions.json and metrics.jsonl into the "
+                                   "run directory; at the end best.pt is evaluated once on "
+                                   "the test subset (test_metrics.json).")
     options.add_config(p)
     p.add_argument("--run-dir", default=None,
                    help="output directory (default: <train.out_dir>/<config>-<timestamp>); "
@@ -31,7 +35,14 @@ def run(args: argparse.Namespace) -> int:
 
     from mllm4wtal import files
     from mllm4wtal.data.load import load_from_config
-    from mllm4wtal.inference.evaluate import ModelEvaluator, primary_metric
+    from mllm4wtal.data.splits import describe
+    from mllm4wtal.inference.evaluate import (
+        TEST_PREFIX,
+        ModelEvaluator,
+        evaluate_on_test,
+        primary_metric,
+    )
+    from mllm4wtal.train.checkpoint import TEST_FILE
     from mllm4wtal.train.loop import refuse_taken, train
 
     cfg = options.load_cfg(args)
@@ -47,9 +58,22 @@ def run(args: argparse.Namespace) -> int:
         refuse_taken(run_dir)
     dataset = load_from_config(cfg.data)
     print(f"run directory: {run_dir}")
-    result = train(cfg, dataset, run_dir, evaluate=ModelEvaluator(cfg, dataset),
-                   resume=args.resume, progress=not args.no_progress)
-    print(f"best {primary_metric(cfg)} = {result.best_metric * 100:.2f}% at iteration "
-          f"{result.best_iteration}; checkpoint {run_dir / 'best.pt'}")
-    print(f"evaluate it: mllm4wtal evaluate --checkpoint {run_dir / 'best.pt'}")
+    evaluate = ModelEvaluator(cfg, dataset)
+    result = train(cfg, dataset, run_dir, evaluate=evaluate, resume=args.resume,
+                   progress=not args.no_progress)
+    best = run_dir / "best.pt"
+    if result.best_iteration < 0:
+        print(f"no evaluation improved on the start; no {best}")
+        return 0
+    tested = evaluate_on_test(best, dataset)
+    files.write_text(run_dir / TEST_FILE, json.dumps({
+        "checkpoint": str(best), "iteration": result.best_iteration,
+        "chosen_by": f"{evaluate.metric} ({evaluate.mode}) on {describe(evaluate.dataset)}",
+        "metrics": tested}, indent=1), force=True, fix=WHERE)
+    shown = primary_metric(cfg)
+    print(f"chosen on select ({describe(evaluate.dataset)}): {evaluate.metric} = "
+          f"{result.best_metric:.4f} at iteration {result.best_iteration}; {best}")
+    print(f"test ({len(dataset.test)} videos of '{dataset.test_subset}', once): {shown} = "
+          f"{tested[TEST_PREFIX + shown] * 100:.2f}%  ({run_dir / TEST_FILE})")
+    print(f"evaluate it: mllm4wtal evaluate --checkpoint {best}")
     return 0

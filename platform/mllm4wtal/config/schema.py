@@ -112,6 +112,14 @@ class DataConfig:
     max_seqlen: int = _f(320, "snippets per training video (sampled or padded)", min=8)
     batch_size: int = _f(10, "videos per training batch", min=1)
     n_similar: int = _f(3, "class-sharing video pairs per batch (CO2-Net sampling)", min=0)
+    select: str = _f("holdout", "videos that choose (best.pt, sweeps, ablations): holdout = a "
+                     "seeded class-stratified share of the training videos, held out of "
+                     "training; test = the test subset (the field's protocol: chosen on test)",
+                     choices=["holdout", "test"])
+    select_fraction: float = _f(0.15, "share of the training videos held out (select: holdout)",
+                                min=0.01, max=0.5)
+    select_seed: int = _f(0, "seed of the hold-out draw (the same for every trial of a sweep)",
+                          min=0)
     synthetic: SyntheticConfig = _sub(SyntheticConfig)
 
 
@@ -208,6 +216,10 @@ class TrainConfig:
     device: str = _f("auto", "compute device", choices=["auto", "cpu", "cuda"])
     bf16: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU)")
     out_dir: str = _f("runs", "where runs write checkpoints and predictions")
+    best_metric: str = _f("", "metric best.pt is chosen by, on the select videos (empty: the "
+                          "average mAP; a sweep sets its own metric)")
+    best_mode: str = _f("max", "whether a higher or lower best_metric is better",
+                        choices=["max", "min"])
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mllm4wtal.data.features import load_packed, load_per_video
+from mllm4wtal.data.splits import assign_roles
 from mllm4wtal.data.synthetic import make_synthetic
 from mllm4wtal.data.types import WTALDataset
 from mllm4wtal.data.validate import DataError
@@ -15,9 +16,10 @@ if TYPE_CHECKING:
 
 
 def load_from_config(dc: DataConfig) -> WTALDataset:
-    """Build (synthetic) or load the dataset the config names; checks the feature width."""
+    """Build (synthetic) or load the dataset the config names, with its roles (train,
+    select, test: ``data.splits``); checks the feature width."""
     if dc.format == "synthetic":
-        return make_synthetic(dc.synthetic)
+        return assign_roles(make_synthetic(dc.synthetic), dc)
     if not dc.root:
         raise DataError(f"data.format = '{dc.format}' needs data.root: pass "
                         "--set data.root=/path/to/features")
@@ -31,4 +33,4 @@ def load_from_config(dc: DataConfig) -> WTALDataset:
                             frames_per_snippet=dc.frames_per_snippet, **common)
     else:
         ds = load_packed(dc.root, expected_dim=dc.feature_dim)
-    return ds
+    return assign_roles(ds, dc)

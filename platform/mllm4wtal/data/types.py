@@ -52,6 +52,11 @@ class WTALDataset:
     ambiguous: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     # optional per-class vocabulary (verbs / objects) for template descriptions
     vocabulary: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # the roles (data.splits.assign_roles): "test" = select on the test subset; "holdout" =
+    # select on ``select_names``, training videos kept out of ``train``
+    select_protocol: str = "test"
+    select_names: frozenset[str] = frozenset()
+    select_roles: tuple[str, float, int] = ("test", 0.0, 0)  # protocol, fraction, seed
 
     @property
     def num_classes(self) -> int:
@@ -66,19 +71,36 @@ class WTALDataset:
 
     @property
     def train(self) -> list[Video]:
-        return self.split(self.train_subset)
+        """The videos trained on: the training subset less the ``select`` hold-out."""
+        return [v for v in self.split(self.train_subset) if v.name not in self.select_names]
+
+    @property
+    def select(self) -> list[Video]:
+        """The videos that choose (best.pt, a sweep's trials): the hold-out, or the test
+        subset under the field's protocol (``select_protocol == "test"``)."""
+        if self.select_protocol == "test":
+            return self.test
+        return [v for v in self.split(self.train_subset) if v.name in self.select_names]
 
     @property
     def test(self) -> list[Video]:
         return self.split(self.test_subset)
 
+    def role(self, name: str) -> list[Video]:
+        """``train``, ``select`` or ``test``."""
+        if name not in ("train", "select", "test"):
+            raise ValueError(f"role must be train, select or test, not {name!r}")
+        return getattr(self, name)
+
     def snippet_to_seconds(self, snippet: float | np.ndarray, fps: float) -> float | np.ndarray:
         return snippet * self.frames_per_snippet / fps
 
-    def ground_truth(self, subset: str | None = None) -> dict:
-        """Ground truth in the ActivityNet JSON layout (``database``), seconds."""
+    def ground_truth(self, subset: str | None = None, videos: list[Video] | None = None
+                     ) -> dict:
+        """Ground truth in the ActivityNet JSON layout (``database``), seconds: of ``videos``,
+        else of ``subset``, else of every video."""
         database = {}
-        for v in self.videos:
+        for v in self.videos if videos is None else videos:
             if subset is not None and v.subset != subset:
                 continue
             database[v.name] = {

@@ -9,7 +9,8 @@ Protocol (``compute_average_precision_detection`` of the official ActivityNet ev
    meets a tIoU below the threshold first: then, or when its video has no ground truth of
    the class, it is a false positive;
 3. cumulative tp/fp give precision and recall (over the class's ground-truth count), and AP
-   is the VOC-2011 interpolated area; mAP is the mean over the classes of the ground truth.
+   is the VOC-2011 interpolated area; mAP is the mean over the classes of the ground truth,
+   added in the official's class order (first appearance in the ground truth).
 
 Results agree with the official evaluator bit for bit where it runs; ties are resolved by the
 same numpy calls on arrays of the same length and dtype, so the same numpy gives the same
@@ -105,9 +106,12 @@ class DetectionResult:
 
     @classmethod
     def from_ap(cls, tious: np.ndarray, classes: list[str], ap: np.ndarray,
-                n_ignored_predictions: int = 0, n_unknown_video_predictions: int = 0
-                ) -> DetectionResult:
-        m = ap.mean(axis=0)
+                n_ignored_predictions: int = 0, n_unknown_video_predictions: int = 0,
+                mean_order: np.ndarray | None = None) -> DetectionResult:
+        """``mean_order``: the rows of ``ap`` in the order the mean adds them (the official's
+        class order); the official's (T, C) layout and ``mean(axis=1)`` make it bit for bit."""
+        rows = ap if mean_order is None else ap[mean_order]
+        m = np.ascontiguousarray(rows.T).mean(axis=1)
         return cls(tious=np.asarray(tious, dtype=np.float64), classes=list(classes), ap=ap,
                    map=m, average=float(m.mean()), n_ignored_predictions=n_ignored_predictions,
                    n_unknown_video_predictions=n_unknown_video_predictions)
@@ -173,9 +177,13 @@ def evaluate_detection(ground_truth: dict, predictions: dict, tious: Sequence[fl
     ap = average_precision_matrix(
         gt.video, g_class, gt.segment, p_video[keep], p_class[keep], pred.segment[keep],
         pred.score[keep], len(classes), len(gt.videos), thr)
+    # the official indexes classes by first appearance in the ground truth and averages
+    # in that order: another order changes the last bits of mAP
+    first_seen = np.array([cidx[lab] for lab in dict.fromkeys(gt.label)], dtype=np.int64)
     return DetectionResult.from_ap(thr, classes, ap,
                                    n_ignored_predictions=int(np.count_nonzero(~keep)),
-                                   n_unknown_video_predictions=n_unknown_video)
+                                   n_unknown_video_predictions=n_unknown_video,
+                                   mean_order=first_seen)
 
 
 def evaluate_files(gt_path: str | Path, pred_path: str | Path, tious: Sequence[float],

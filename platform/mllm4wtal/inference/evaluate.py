@@ -1,6 +1,7 @@
-"""Model -> proposals -> mAP on the test subset. Only the video branch and the
-localization head run (``inference.source: loc_head``), or the video branch's class
-activation and attention (``cas``): no text, no CSR, no MLLM.
+"""Model -> proposals -> mAP on the videos of a role (``select`` while training, ``test``
+for what was chosen). Only the video branch and the localization head run
+(``inference.source: loc_head``), or the video branch's class activation and attention
+(``cas``): no text, no CSR, no MLLM.
 
 :class:`ModelEvaluator` is what the training loop is given to evaluate with; the loop itself
 (``train/``) knows nothing of proposals or mAP."""
@@ -8,6 +9,7 @@ activation and attention (``cas``): no text, no CSR, no MLLM.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +17,7 @@ import torch
 from mllm4wtal.config import Config, from_flat, parse_override, to_flat
 from mllm4wtal.data.batching import pad_batch
 from mllm4wtal.data.load import load_from_config
+from mllm4wtal.data.splits import assign_roles
 from mllm4wtal.data.types import WTALDataset
 from mllm4wtal.errors import UserError
 from mllm4wtal.evaluation import DetectionResult, average_metric_name, evaluate_detection
@@ -30,6 +33,8 @@ from mllm4wtal.model.mllm4wtal import MLLM4WTAL
 from mllm4wtal.text.tensors import TextTensors
 from mllm4wtal.train.checkpoint import load_checkpoint
 from mllm4wtal.train.loop import resolve_device
+
+TEST_PREFIX = "test/"  # metrics of the test evaluation: test/map/0.5, test/map/avg_0.1-0.7
 
 
 def primary_metric(cfg: Config) -> str:
@@ -77,8 +82,9 @@ def snippet_scores(model: MLLM4WTAL, features: torch.Tensor, mask: torch.Tensor,
 
 
 def evaluate_model(model: MLLM4WTAL, dataset: WTALDataset, cfg: Config, device: torch.device,
-                   batch_size: int = 16) -> tuple[DetectionResult, dict]:
-    """mAP of the model on ``dataset.test`` and the predictions (ActivityNet JSON).
+                   batch_size: int = 16, role: str = "test") -> tuple[DetectionResult, dict]:
+    """mAP of the model on the videos of ``role`` (``test``, or ``select``: what chooses,
+    ``data.splits``) and the predictions (ActivityNet JSON).
 
     Batches keep the dataset's order and size: the model's outputs do not depend on the
     batch mathematically (padding-exact convolutions), but other batch shapes change the
@@ -87,7 +93,7 @@ def evaluate_model(model: MLLM4WTAL, dataset: WTALDataset, cfg: Config, device: 
     was_training = model.training
     model.eval()
     pcfg = proposal_config(cfg)
-    videos = dataset.test
+    videos = assign_roles(dataset, cfg.data).role(role)
     batches = [videos[b:b + batch_size] for b in range(0, len(videos), batch_size)]
 
     def scored() -> Iterator[SnippetScores]:  # lazily, batch by batch
@@ -106,26 +112,30 @@ def evaluate_model(model: MLLM4WTAL, dataset: WTALDataset, cfg: Config, device: 
         per_video[v.name] = props
     model.train(was_training)
     predictions = results_json(per_video, dataset.classes, version=dataset.name)
-    result = evaluate_detection(dataset.ground_truth(dataset.test_subset), predictions,
+    result = evaluate_detection(dataset.ground_truth(videos=videos), predictions,
                                 cfg.eval.tious)
     return result, predictions
 
 
 class ModelEvaluator:
-    """The loop's ``evaluate``: mAP of a model on ``dataset.test`` and its predictions.
+    """The loop's ``evaluate``: mAP of a model on the videos of ``role`` (``select`` while
+    training: what chooses, ``data.splits``) and its predictions.
 
     Built before training, so that a config evaluation would refuse fails before the first
-    iteration (:func:`check_inference`); ``metric`` is the one ``best.pt`` is chosen by.
+    iteration (:func:`check_inference`); ``metric`` and ``mode`` are what ``best.pt`` is
+    chosen by (``train.best_metric``, default the average mAP; a sweep sets its own).
     """
 
-    def __init__(self, cfg: Config, dataset: WTALDataset) -> None:
+    def __init__(self, cfg: Config, dataset: WTALDataset, role: str = "select") -> None:
         check_inference(cfg)
-        self.cfg, self.dataset = cfg, dataset
-        self.metric = primary_metric(cfg)
+        self.cfg, self.dataset, self.role = cfg, assign_roles(dataset, cfg.data), role
+        self.metric = cfg.train.best_metric or primary_metric(cfg)
+        self.mode = cfg.train.best_mode
 
     def __call__(self, model: MLLM4WTAL) -> tuple[dict[str, float], dict]:
         device = next(model.parameters()).device
-        result, predictions = evaluate_model(model, self.dataset, self.cfg, device)
+        result, predictions = evaluate_model(model, self.dataset, self.cfg, device,
+                                             role=self.role)
         return result.flat_metrics(), predictions
 
 
@@ -136,6 +146,16 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None
     inference.* keys."""
     model, cfg, dataset, device = load_checkpoint_model(path, overrides)
     return evaluate_model(model, dataset, cfg, device)
+
+
+def evaluate_on_test(path: str | Path, dataset: WTALDataset | None = None
+                    ) -> dict[str, float]:
+    """The one test evaluation of a checkpoint chosen on ``select``: ``test/<metric>`` for
+    every mAP metric, on the device this process has (``train.device=auto``)."""
+    model, cfg, dataset, device = load_checkpoint_model(str(path), ["train.device=auto"],
+                                                        dataset=dataset)
+    result, _ = evaluate_model(model, dataset, cfg, device, role="test")
+    return {f"{TEST_PREFIX}{k}": v for k, v in result.flat_metrics().items()}
 
 
 #: config keys ``evaluate --checkpoint --set`` may change: where the data are, how

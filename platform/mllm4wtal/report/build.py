@@ -21,6 +21,7 @@ from mllm4wtal.report.collect import ExperimentData, read_experiment
 from mllm4wtal.report.plots import plot_map_curves, plot_timelines
 from mllm4wtal.report.sweep_plots import plot_sweep
 from mllm4wtal.report.tables import Table, build_table, to_csv, to_latex, to_markdown
+from mllm4wtal.sweep.mlflow_tags import SCORE_TAG
 
 logger = logging.getLogger(__name__)
 ARTIFACT_PATH = "report"
@@ -59,11 +60,16 @@ def table_json(table: Table) -> dict[str, Any]:
 
 
 def make_report(experiment: str, tracking_uri: str | None = None,
-                out_dir: str | Path | None = None, *, at: str = "final", n_videos: int = 3,
+                out_dir: str | Path | None = None, *, at: str | None = None,
+                n_videos: int = 3,
                 videos: Sequence[str] | None = None, top_k: int = 20, log: bool = True,
                 study: str | None = None) -> Report:
-    """Tables and plots of the MLflow experiment ``experiment`` (see the module docstring)."""
+    """Tables and plots of the MLflow experiment ``experiment`` (see the module docstring).
+    ``at``: each run's ``best`` evaluation or its ``final`` one; default: a sweep's own score
+    rule (``score:``), else ``best`` (the evaluation best.pt holds), as everywhere."""
     data = read_experiment(experiment, tracking_uri, study)
+    if at is None:
+        at = "final" if data.parent_tags.get(SCORE_TAG) == "last" else "best"
     out = Path(out_dir) if out_dir is not None else Path("reports") / experiment
     out.mkdir(parents=True, exist_ok=True)
     table = build_table(data, at=at, top_k=top_k)

@@ -75,6 +75,7 @@ class ExperimentData:
     parent_tags: dict[str, str]
     runs: list[RunInfo]  # every trial run, oldest first
     client: Any = field(repr=False)
+    parent_metrics: dict[str, float] = field(default_factory=dict)  # a sweep's select/, test/
     _histories: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=dict,
                                                                         repr=False)
 
@@ -196,6 +197,7 @@ def read_experiment(name: str, tracking_uri: str | None = None, study: str | Non
         name=name, experiment_id=exp.experiment_id, tracking_uri=uri, kind=kind, title=title,
         study=None, parent_run_id=parent.info.run_id if parent else None,
         parent_tags=dict(parent.data.tags) if parent else {},
+        parent_metrics=dict(parent.data.metrics) if parent else {},
         runs=[RunInfo(run_id=r.info.run_id,
                       trial_id=r.data.tags.get(TRIAL_TAG, r.info.run_name or r.info.run_id),
                       variant=r.data.tags.get(VARIANT_TAG) if kind == "ablation" else None,

@@ -4,8 +4,9 @@ display needed).
 - ``map_curves.png``: the table's metric against the training iteration, one line per row
   (mean over seeds) with a band of +- one std where there are two seeds or more.
 - ``timeline_<video>.png``: figure 3 of MLLM4WTAL for one test video: the ground truth, then
-  for each row its actionness of the video's class and its proposals of that class (one
-  run of the row: the checkpoint ``best.pt`` and the ``predictions.json`` it wrote).
+  for each row its actionness of the video's class and its best proposals of any class (one
+  run of the row: the checkpoint ``best.pt`` and the ``predictions.json`` it wrote), with a
+  legend of the class colours.
 
 The plots of a sweep are in ``report.sweep_plots``.
 """
@@ -142,11 +143,34 @@ def pick_videos(dataset: Any, n: int, names: Sequence[str] | None = None) -> lis
     return [test[k] for k in sorted(test) if test[k].segments][:n]
 
 
+def class_legend(ax: Any, classes: Sequence[str], gt: Sequence[int], others: Sequence[int]
+                 ) -> Any:
+    """A legend above ``ax`` mapping each drawn class's colour to its name: the ground
+    truth's classes first, then the classes only proposals have (marked so)."""
+    from matplotlib.patches import Patch
+
+    order = [*dict.fromkeys(gt), *sorted(set(others) - set(gt))]
+    handles = [Patch(color=_class_color(i), label=classes[i] if i in gt
+                     else f"{classes[i]} (proposals only)") for i in order]
+    if not handles:
+        return None
+    return ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.02),
+                     ncols=min(len(handles), 4), fontsize=7, frameon=False,
+                     title="class colours", title_fontsize=7)
+
+
 def plot_timeline(video: Any, classes: Sequence[str], tracks: Sequence[TimelineTrack],
                   seconds_per_snippet: float, path: Path) -> Path:
+    """``timeline_figure`` saved to ``path``."""
+    timeline_figure(video, classes, tracks, seconds_per_snippet).savefig(path)
+    return path
+
+
+def timeline_figure(video: Any, classes: Sequence[str], tracks: Sequence[TimelineTrack],
+                    seconds_per_snippet: float) -> Any:
     """Ground truth on top, then one panel per track: actionness (line) and proposals
     (bars under it in the colour of their class, as the ground truth's; darker = higher
-    score)."""
+    score); a legend maps the class colours to class names. Returns the ``Figure``."""
     n = len(tracks)
     fig = _figure(10.0, 1.1 + 1.25 * (n + 1))
     axes = [fig.add_subplot(n + 1, 1, i + 1) for i in range(n + 1)]
@@ -157,7 +181,9 @@ def plot_timeline(video: Any, classes: Sequence[str], tracks: Sequence[TimelineT
     labels = sorted({classes[int(s.label)] for s in video.segments})
     gt.set_yticks([])
     gt.set_ylabel("GT", rotation=0, ha="right", va="center")
-    gt.set_title(f"{video.name}: {', '.join(labels) or 'no action'}", fontsize=10)
+    gt.set_title(f"{video.name}: {', '.join(labels) or 'no action'}", fontsize=10, loc="left")
+    class_legend(gt, classes, [int(s.label) for s in video.segments],
+                 [int(p[3]) for tr in tracks for p in tr.proposals])
     for ax, tr in zip(axes[1:], tracks, strict=True):
         t = (np.arange(len(tr.actionness)) + 0.5) * seconds_per_snippet
         ax.plot(t, tr.actionness, color="tab:blue", linewidth=1.2)
@@ -183,8 +209,7 @@ def plot_timeline(video: Any, classes: Sequence[str], tracks: Sequence[TimelineT
     axes[-1].set_xlabel("seconds (line: actionness of the video's class; bars: the top "
                         "proposals, coloured by class, darker = higher score)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
 
 
 def _rect(x: float, y: float, w: float, h: float, alpha: float, color: Any) -> Any:
@@ -263,5 +288,6 @@ def plot_timelines(data: ExperimentData, table: Table, out_dir: Path, n_videos: 
     return files, notes
 
 
-__all__ = ["plot_map_curves", "plot_timelines", "plot_timeline", "TimelineTrack",
+__all__ = ["plot_map_curves", "plot_timelines", "plot_timeline", "timeline_figure",
+           "class_legend", "TimelineTrack",
            "snippet_actionness", "pick_videos", "metric_curve"]

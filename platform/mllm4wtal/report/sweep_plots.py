@@ -1,27 +1,40 @@
-"""The plots of a sweep: parallel coordinates of its trials and Optuna's parameter
-importances (``summary/`` at the end of a sweep, and ``mllm4wtal report`` of a sweep).
+"""The plots of a sweep (``summary/`` at the end of a sweep, and ``mllm4wtal report`` of a
+sweep): parallel coordinates of its trials, the optimisation history, the pruning picture,
+and the parameter importances (``report.importances``); the data they are drawn from is read
+back by ``report.sweep_data``.
 
-Importances are Optuna's (``optuna.importance``, its default evaluator) and drawn by
-``optuna.visualization.matplotlib``. The parallel coordinates stay hand-drawn: Optuna's
+Each plot is a function of plain data (trial records, the metric and mode, ASHA's rungs,
+per-trial histories) that returns a matplotlib ``Figure``; the caller saves it. A trial's
+score is ``TrialRecord["metric"]``. The parallel coordinates stay hand-drawn: Optuna's
 ``plot_parallel_coordinate`` draws COMPLETE trials only, and a sweep's picture needs the
-trials ASHA pruned (dashed, at the value they reached) and the failed ones (grey) too.
+trials ASHA pruned (dashed, at the value they reached) and the failed ones (grey) too; a
+conditional parameter a trial did not sample is a gap in its line, not a value.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mllm4wtal.report.collect import ExperimentData
-from mllm4wtal.report.tables import varying_params
-from mllm4wtal.sweep.mlflow_names import as_float, truncate
-from mllm4wtal.sweep.mlflow_tags import SWEEP_DIR_TAG, SWEEP_METRIC_TAG, SWEEP_TAG
-from mllm4wtal.sweep.records import TrialRecord
+import numpy as np
 
-OPTUNA_DB = "optuna.db"
+from mllm4wtal.report.collect import ExperimentData
+from mllm4wtal.report.importances import param_importances, plot_importances
+from mllm4wtal.report.sweep_data import (
+    History,
+    stored_study,
+    sweep_metric,
+    sweep_records,
+    sweep_rungs,
+    sweep_score,
+    sweep_study,
+)
+from mllm4wtal.sweep.mlflow_names import as_float, truncate
+from mllm4wtal.sweep.records import SCORE_RULES, TrialRecord
 
 
 def finite_value(value: Any) -> float | None:
@@ -30,27 +43,19 @@ def finite_value(value: Any) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def param_importances(study: Any) -> dict[str, Any]:
-    """Optuna's parameter importances, or a note saying why there are none."""
-    if study is None:
-        return {"importances": {}, "note": "no Optuna study (e.g. a grid or an ablation)"}
-    import optuna
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
 
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    out: dict[str, Any] = {"n_complete_trials": len(complete), "importances": {}}
-    if len(complete) < 2:
-        out["note"] = (f"{len(complete)} completed trial(s); importances need at least 2 "
-                       "completed trials with varying parameters")
-        return out
-    try:
-        imp = optuna.importance.get_param_importances(study)
-    except (ValueError, RuntimeError, ImportError, ZeroDivisionError) as e:
-        out["note"] = f"importances not computable: {e}"
-        return out
-    out["importances"] = {k: float(v) for k, v in imp.items()}
-    if not imp:
-        out["note"] = "no parameter varied across the completed trials"
-    return out
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def _empty(fig: Any, ax: Any, text: str) -> Any:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return fig
+
+
+# --------------------------------------------------------------------------- parallel coords
 
 
 def _axis_values(values: list[Any]) -> tuple[list[float], list[str] | None]:
@@ -62,178 +67,216 @@ def _axis_values(values: list[Any]) -> tuple[list[float], list[str] | None]:
     return [float(labels.index(str(v))) for v in values], labels
 
 
-def plot_parallel_coordinates(records: list[TrialRecord], metric: str, mode: str,
-                              path: Path) -> None:
-    """One line per trial through its overrides and the metric (scaled to [0, 1] per axis),
-    coloured by the metric; pruned trials dashed, trials without a value grey."""
-    from matplotlib.figure import Figure
+def _column(raw: list[Any]) -> tuple[list[float | None], str]:
+    """One axis: each trial's value scaled to [0, 1] (None: not sampled / no value), and the
+    range it spans as text (log-scaled when positive over two decades or more)."""
+    ok = [v is not None and not (isinstance(v, float) and not math.isfinite(v)) for v in raw]
+    vals, labels = _axis_values([v for v, good in zip(raw, ok, strict=True) if good])
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    log = labels is None and lo > 0 and hi / lo >= 100  # e.g. learning rates
+    scaled = [math.log10(v) for v in vals] if log else vals
+    s_lo, s_hi = (min(scaled), max(scaled)) if scaled else (0.0, 1.0)
+    span = s_hi - s_lo if s_hi > s_lo else 1.0
+    it = iter(scaled)
+    text = (f"{lo:.3g}..{hi:.3g}{' (log)' if log else ''}" if labels is None
+            else ",".join(labels))
+    return [(next(it) - s_lo) / span if good else None for good in ok], text
+
+
+def _runs(ys: list[float | None]) -> list[list[int]]:
+    """The runs of consecutive axes that have a value."""
+    runs: list[list[int]] = []
+    for i, y in enumerate(ys):
+        if y is None:
+            continue
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def plot_parallel_coordinates(records: Sequence[TrialRecord], metric: str, mode: str) -> Any:
+    """One line per trial through its overrides and its score (each axis scaled to [0, 1]),
+    coloured by the score (the colour bar); pruned trials dashed, trials without a score
+    grey. A parameter the trial did not sample (conditional) is a gap in its line. Each line
+    has the trial id as ``gid``."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     keys = sorted({k for r in records for k in (r.get("config") or {})})
     axes = [*keys, metric]
-    fig = Figure(figsize=(max(6.0, 1.6 * len(axes) + 2), 4.5), dpi=100)
+    fig = _figure(max(7.0, 1.6 * len(axes) + 3), 4.8)
     ax = fig.add_subplot(1, 1, 1)
     if not records:
-        ax.text(0.5, 0.5, "no trials", ha="center", va="center")
-        ax.set_axis_off()
-        fig.savefig(path)
-        return
-    columns: list[list[float]] = []
-    for key in axes:
+        return _empty(fig, ax, "no trials")
+    columns = []
+    for idx, key in enumerate(axes):
         raw = ([r.get("metric") for r in records] if key == metric
                else [(r.get("config") or {}).get(key) for r in records])
-        ok = [v is not None and not (isinstance(v, float) and not math.isfinite(v))
-              for v in raw]
-        vals, labels = _axis_values([v for v, good in zip(raw, ok, strict=True) if good])
-        lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-        log = labels is None and lo > 0 and hi / lo >= 100  # e.g. learning rates
-        scaled = [math.log10(v) for v in vals] if log else vals
-        s_lo, s_hi = (min(scaled), max(scaled)) if scaled else (0.0, 1.0)
-        span = s_hi - s_lo if s_hi > s_lo else 1.0
-        it = iter(scaled)
-        columns.append([(next(it) - s_lo) / span if good else math.nan for good in ok])
-        idx = axes.index(key)
-        text = (f"{lo:.3g}..{hi:.3g}{' (log)' if log else ''}" if labels is None
-                else ",".join(labels))
-        ax.text(idx, -0.08, truncate(text, 30), ha="center", va="top", fontsize=7)
+        col, text = _column(raw)
+        columns.append(col)
+        sampled = sum(v is not None for v in col)
+        if key != metric and sampled < len(records):
+            text += f"\nsampled by {sampled}/{len(records)}"
+        ax.text(idx, -0.08, truncate(text, 40), ha="center", va="top", fontsize=7)
     scores = [finite_value(r.get("metric")) for r in records]
     seen = [s for s in scores if s is not None]
-    lo, hi = (min(seen), max(seen)) if seen else (0.0, 1.0)
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis" if mode == "max" else "viridis_r"]
-    xs = list(range(len(axes)))
+    norm = Normalize(*(min(seen), max(seen)) if seen else (0.0, 1.0))
+    cmap = colormaps["viridis" if mode == "max" else "viridis_r"]  # bright = better
     for i, r in enumerate(records):
         ys = [col[i] for col in columns]
         s = scores[i]
-        color = "0.7" if s is None else cmap((s - lo) / (hi - lo) if hi > lo else 1.0)
-        ax.plot(xs, ys, color=color, linestyle="--" if r.get("pruned") else "-",
-                marker="o", markersize=3, linewidth=1.2, alpha=0.9)
+        color = "0.7" if s is None else cmap(norm(s) if norm.vmax > norm.vmin else 1.0)
+        for run in _runs(ys):
+            ax.plot(run, [ys[x] for x in run], color=color, marker="o", markersize=3,
+                    linestyle="--" if r.get("pruned") else "-", linewidth=1.2, alpha=0.9,
+                    gid=str(r.get("trial_id", i)))
+    xs = list(range(len(axes)))
     ax.set_xticks(xs)
     ax.set_xticklabels([truncate(a, 24) for a in axes], rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(-0.15, 1.05)
+    ax.set_xlim(-0.3, len(axes) - 0.7)
+    ax.set_ylim(-0.3, 1.05)
     ax.set_yticks([])
     for x in xs:
         ax.axvline(x, color="0.85", linewidth=0.8, zorder=0)
-    ax.set_title(f"{len(records)} trials, colour = {metric} ({mode}); dashed = pruned",
-                 fontsize=9)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
+    bar.set_label(f"{metric} ({mode}: {'higher' if mode == 'max' else 'lower'} is better)",
+                  fontsize=8)
+    ax.set_title(f"{len(records)} trials; dashed = pruned, grey = no score, "
+                 "gap = parameter not sampled by that trial", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
 
 
-def _typed(value: str) -> Any:
-    if value in ("True", "False", "true", "false"):
-        return value in ("True", "true")
-    try:
-        f = float(value)
-    except ValueError:
-        return value
-    return int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
+# --------------------------------------------------------------------------- history, pruning
 
 
-def sweep_records(data: ExperimentData, metric: str, mode: str) -> list[TrialRecord]:
-    """Every trial of a sweep read back from MLflow as a ``TrialRecord``: the varying params
-    as config, the best value of ``metric`` over its evaluations."""
-    keys = varying_params(data.runs)
-    out = []
-    for r in data.runs:
-        hist = [v for _, v in data.history(r.run_id, metric)] if metric in r.metrics else []
-        best = (max(hist) if mode == "max" else min(hist)) if hist else None
-        out.append(TrialRecord(trial_id=r.trial_id,
-                               config={k: _typed(r.params[k]) for k in keys if k in r.params},
-                               metric=best, pruned=r.pruned, status=r.status,
-                               iterations=int(r.metrics.get("iteration", 0))))
+def best_so_far(scores: Sequence[float | None], mode: str) -> list[float]:
+    """The best score up to each trial (NaN before the first score)."""
+    out, best = [], math.nan
+    for s in scores:
+        if s is not None and (math.isnan(best) or (s > best if mode == "max" else s < best)):
+            best = s
+        out.append(best)
     return out
 
 
-def sweep_study(data: ExperimentData, records: list[TrialRecord], mode: str) -> Any:
-    """The sweep's Optuna study (``<sweep_dir>/optuna.db``) when it is reachable, else one
-    rebuilt from the MLflow trials (distributions spanning the values seen)."""
-    import optuna
+def plot_optimisation_history(records: Sequence[TrialRecord], metric: str, mode: str,
+                              score: str | None = None) -> Any:
+    """Each trial's score against its number (``records`` in start order: 1, 2, ...), and the
+    best so far by ``mode``; pruned trials (their score is where ASHA stopped them) marked
+    apart. ``score`` (``best`` / ``last``) names which evaluation a score is."""
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    scores = [finite_value(r.get("metric")) for r in records]
+    if not any(s is not None for s in scores):
+        return _empty(fig, ax, f"no trial reported a finite {metric}")
+    n = np.arange(1, len(records) + 1)
+    kinds = (("finished", "o", "tab:blue", lambda r: not r.get("pruned")),
+             ("pruned by ASHA", "v", "tab:orange", lambda r: bool(r.get("pruned"))))
+    for label, marker, color, pick in kinds:
+        idx = [i for i, r in enumerate(records) if pick(r) and scores[i] is not None]
+        if idx:
+            ax.plot(n[idx], [scores[i] for i in idx], linestyle="none", marker=marker,
+                    color=color, label=f"{label} ({len(idx)})", gid=f"trials:{label}")
+    best = best_so_far(scores, mode)
+    ax.plot(n, best, drawstyle="steps-post", color="tab:red", linewidth=1.5,
+            label=f"best so far ({mode})", gid="best_so_far")
+    missing = sum(s is None for s in scores)
+    what = f"\n({SCORE_RULES.get(score, score)})" if score else ""
+    from matplotlib.ticker import MaxNLocator
 
-    sweep_dir = data.parent_tags.get(SWEEP_DIR_TAG)
-    name = data.parent_tags.get(SWEEP_TAG)
-    if sweep_dir and name and (Path(sweep_dir) / OPTUNA_DB).is_file():
-        try:
-            return optuna.load_study(study_name=name,
-                                     storage=f"sqlite:///{Path(sweep_dir) / OPTUNA_DB}")
-        except (KeyError, ValueError):
-            pass
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    keys = sorted({k for r in records for k in r["config"]})
-    dists: dict[str, Any] = {}
-    for k in keys:
-        vals = [r["config"][k] for r in records if k in r["config"]]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
-            lo, hi = float(min(vals)), float(max(vals))
-            dists[k] = optuna.distributions.FloatDistribution(lo, hi if hi > lo else lo + 1.0)
-        else:
-            dists[k] = optuna.distributions.CategoricalDistribution(
-                sorted({str(v) for v in vals}))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial (in start order)")
+    ax.set_ylabel(f"{metric}{what}", fontsize=8)
+    ax.set_title(f"optimisation history of {metric} ({mode}): {len(records)} trials"
+                 + (f" ({missing} without a score)" if missing else ""), fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pruning(records: Sequence[TrialRecord], histories: Mapping[str, History],
+                 rungs: Sequence[int] | None, metric: str, mode: str) -> Any:
+    """Each trial's ``metric`` at every evaluation against the training iteration
+    (``histories``: trial id -> [(iteration, value)]), ASHA's ``rungs`` as vertical lines
+    (None: not known) and a cross where ASHA stopped each pruned trial (its last evaluation
+    at or before the iterations it ran). Lines have the trial id as ``gid``, crosses
+    ``stop:<trial id>``, rungs ``rung:<iteration>``."""
+    from matplotlib.lines import Line2D
+
+    fig = _figure(8.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = {"finished": "tab:blue", "pruned": "tab:orange", "failed": "0.6"}
+    drawn, stopped = Counter[str](), 0
     for r in records:
-        if r["metric"] is None or not math.isfinite(r["metric"]) or r["pruned"]:
+        tid = str(r.get("trial_id", ""))
+        hist = [(int(i), float(v)) for i, v in histories.get(tid) or [] if math.isfinite(v)]
+        if not hist:
             continue
-        params = {k: (float(v) if isinstance(dists[k], optuna.distributions.FloatDistribution)
-                      else str(v)) for k, v in r["config"].items() if k in dists}
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: dists[k] for k in params}, value=r["metric"]))
-    return study
+        kind = ("pruned" if r.get("pruned")
+                else "finished" if r.get("status", "FINISHED") == "FINISHED" else "failed")
+        drawn[kind] += 1
+        ax.plot([i for i, _ in hist], [v for _, v in hist], color=colors[kind], alpha=0.8,
+                linewidth=1.1, marker=".", markersize=3, gid=tid)
+        if kind == "pruned":
+            at = int(r.get("iterations") or hist[-1][0])
+            point = [p for p in hist if p[0] <= at][-1:] or hist[-1:]
+            ax.plot([point[0][0]], [point[0][1]], marker="X", markersize=8, color="tab:red",
+                    linestyle="none", gid=f"stop:{tid}", zorder=3)
+            stopped += 1
+    if not sum(drawn.values()):
+        return _empty(fig, ax, f"no trial has a history of {metric}")
+    for rung in rungs or ():
+        ax.axvline(rung, color="0.35", linestyle=":", linewidth=1.0, gid=f"rung:{rung}")
+    handles = [Line2D([], [], color=colors[k], label=f"{k} ({drawn[k]})")
+               for k in colors if drawn[k]]
+    handles.append(Line2D([], [], color="tab:red", marker="X", linestyle="none",
+                          label=f"stopped by ASHA ({stopped})"))
+    if rungs:
+        handles.append(Line2D([], [], color="0.35", linestyle=":",
+                              label="ASHA rungs: " + ", ".join(str(r) for r in rungs)))
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel(f"{metric} ({mode})", fontsize=8)
+    ax.set_title(f"pruning: {sum(drawn.values())} trials' {metric} at each evaluation"
+                 + ("" if rungs is not None else " (ASHA rungs not known)"), fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
-def plot_importances(study: Any, importances: dict[str, Any], label: str, path: Path
-                     ) -> Path:
-    """Optuna's importance chart of ``study`` (the numbers of ``param_importances``, its
-    evaluator being Optuna's default too); where there are none, the note saying why."""
-    import matplotlib.pyplot as plt
-    import optuna
-    from matplotlib import rc_context
-
-    with rc_context(), warnings.catch_warnings():  # optuna sets a pyplot style: keep it here
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if importances.get("importances"):
-            ax = optuna.visualization.matplotlib.plot_param_importances(study,
-                                                                        target_name=label)
-            fig = ax.figure
-        else:
-            fig, ax = plt.subplots(figsize=(6.5, 1.8))
-            ax.text(0.5, 0.5, importances.get("note", "no importances"), ha="center",
-                    va="center", wrap=True, fontsize=9)
-            ax.set_axis_off()
-            ax.set_title("parameter importances", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path)
     return path
 
 
-def sweep_metric(data: ExperimentData) -> tuple[str, str]:
-    """The sweep's metric and mode (its parent's tag ``sweep_metric``), else the average mAP
-    of the logged tIoUs, maximised."""
-    metric, _, mode = data.parent_tags.get(SWEEP_METRIC_TAG, "").partition(" (")
-    mode = mode.rstrip(")") or "max"
-    if not metric:
-        from mllm4wtal.evaluation.detection import average_metric_name
-
-        tious = data.tious()
-        metric = average_metric_name(tious) if tious else "map/avg"
-    return metric, mode
-
-
 def plot_sweep(data: ExperimentData, out_dir: Path) -> list[Path]:
-    """``parallel_coordinates.png``, ``param_importances.json`` and ``param_importances.png``
-    of a sweep read back from MLflow."""
+    """``parallel_coordinates.png``, ``optimisation_history.png``, ``pruning.png``,
+    ``param_importances.json`` and ``param_importances.png`` of a sweep read back from
+    MLflow."""
     metric, mode = sweep_metric(data)
-    records = sweep_records(data, metric, mode)
-    pc = out_dir / "parallel_coordinates.png"
-    plot_parallel_coordinates(records, metric, mode, pc)
-    study = sweep_study(data, records, mode)
-    importances = param_importances(study)
-    importances["metric"] = f"{metric} ({mode})"
+    stored = stored_study(data)
+    records = sweep_records(data, metric, mode, stored)
+    histories = {r.trial_id: data.history(r.run_id, metric) for r in data.runs}
+    files = [
+        _save(plot_parallel_coordinates(records, metric, mode),
+              out_dir / "parallel_coordinates.png"),
+        _save(plot_optimisation_history(records, metric, mode, sweep_score(data)),
+              out_dir / "optimisation_history.png"),
+        _save(plot_pruning(records, histories, sweep_rungs(data), metric, mode),
+              out_dir / "pruning.png")]
+    study = stored if stored is not None else sweep_study(data, records, mode)
+    importances = {"metric": f"{metric} ({mode})", **param_importances(study)}
     (out_dir / "param_importances.json").write_text(json.dumps(importances, indent=2) + "\n")
-    ip = plot_importances(study, importances, importances["metric"],
-                          out_dir / "param_importances.png")
-    return [pc, out_dir / "param_importances.json", ip]
+    files.append(out_dir / "param_importances.json")
+    files.append(_save(plot_importances(importances, importances["metric"]),
+                       out_dir / "param_importances.png"))
+    return files
 
 
-__all__ = ["param_importances", "plot_parallel_coordinates", "plot_importances",
-           "plot_sweep", "sweep_records", "sweep_study", "sweep_metric", "finite_value"]
+__all__ = ["plot_parallel_coordinates", "plot_optimisation_history", "plot_pruning",
+           "plot_sweep", "best_so_far", "finite_value"]

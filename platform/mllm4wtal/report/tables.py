@@ -2,9 +2,11 @@
 averages, mean +- std over seeds with n, the difference to the reference row with a paired
 t-test over seeds, and the paper's figures beside ours. Markdown, CSV and LaTeX.
 
-A row's value per seed is taken at the run's last evaluation (``at="final"``, the default:
-no choice made on the test set) or at its best evaluation by the table's metric
-(``at="best"``, the iteration ``best.pt`` holds, as WTAL papers usually report). Averages the
+A row's value per seed is the test evaluation of the run's ``best.pt`` (chosen on the
+select videos) where a study's cell has one, with the choosing figure and the optimism
+(select - test) beside; otherwise it is taken at the run's best evaluation by the table's
+metric (``at="best"``, the iteration ``best.pt`` holds: the one meaning of best, and the
+default) or at its last evaluation (``at="final"``). Averages the
 runs did not log (``map/avg_0.3-0.7`` when training averaged 0.1-0.7) are the mean of the
 per-tIoU values of the same evaluation. Cells hold fractions; the formats print percent.
 """
@@ -21,9 +23,11 @@ from typing import Any
 from mllm4wtal.evaluation.detection import average_metric_name, tiou_key
 from mllm4wtal.report.collect import ExperimentData, RunInfo
 from mllm4wtal.report.stats import PairedTest, Summary, paired_ttest, summarize
+from mllm4wtal.sweep.mlflow_tags import BEST_TRIAL_TAG, SELECT_SPLIT_TAG
 from mllm4wtal.sweep.study_file import HASH_EXCLUDED, column_tious
 
 ATS = ("final", "best")
+TEST, SELECT, OPTIMISM = "test/", "select/", "optimism/"  # a cell's test figures; the others
 THUMOS_AVERAGES = ((0.1, 0.5), (0.3, 0.7))  # the columns THUMOS14 papers print
 
 
@@ -59,6 +63,7 @@ class Table:
     rows: list[Row]
     paper: dict[str, str] = field(default_factory=dict)  # source, table, note
     notes: list[str] = field(default_factory=list)
+    tested: bool = False  # values are test figures of checkpoints chosen on select
 
     @property
     def paper_columns(self) -> list[str]:
@@ -72,7 +77,11 @@ class Table:
 
 
 def column_label(column: str) -> str:
-    """``map/0.5`` -> ``0.5``; ``map/avg_0.3-0.7`` -> ``AVG 0.3-0.7``."""
+    """``map/0.5`` -> ``0.5``; ``map/avg_0.3-0.7`` -> ``AVG 0.3-0.7``; ``select/<c>`` ->
+    ``select <c>``; ``optimism/<c>`` -> ``select-test <c>``."""
+    for prefix, words in ((SELECT, "select "), (OPTIMISM, "select-test ")):
+        if column.startswith(prefix):
+            return words + column_label(column.removeprefix(prefix))
     if column.startswith("map/avg_"):
         return "AVG " + column[len("map/avg_"):]
     return column.removeprefix("map/")
@@ -128,8 +137,12 @@ def _step_values(data: ExperimentData, run: RunInfo, tious: Sequence[float],
 
 
 def run_values(data: ExperimentData, run: RunInfo, columns: Sequence[str],
-               tious: Sequence[float], at: str, metric: str) -> dict[str, float]:
-    """Every column of one run, at its last evaluation or its best one by ``metric``."""
+               tious: Sequence[float], at: str, metric: str, use_test: bool = False
+               ) -> dict[str, float]:
+    """Every column of one run: with ``use_test``, from its one test evaluation
+    (``test/*``, of the checkpoint chosen on select) where it has one, with
+    ``select/<metric>`` (the choosing figure, at ``at``) and ``optimism/<metric>``
+    (select - test) beside; else at its last evaluation or its best one by ``metric``."""
     if at not in ATS:
         raise ValueError(f"at must be one of {ATS}, not {at!r}")
     if at == "final":
@@ -142,11 +155,18 @@ def run_values(data: ExperimentData, run: RunInfo, columns: Sequence[str],
             return {}
         best_step = min(scored, key=lambda ms: (-ms[0], ms[1]))[1]  # type: ignore[operator]
         source = steps[best_step]
+    tested = {k.removeprefix(TEST): v for k, v in run.metrics.items()
+              if use_test and k.startswith(TEST)}
     out = {}
     for c in columns:
-        v = column_value(c, source, tious)
+        if c.startswith((SELECT, OPTIMISM)):
+            continue
+        v = column_value(c, tested or source, tious)
         if v is not None and math.isfinite(v):
             out[c] = v
+    chose = column_value(metric, source, tious)
+    if tested and metric in out and chose is not None and math.isfinite(chose):
+        out[SELECT + metric], out[OPTIMISM + metric] = chose, chose - out[metric]
     return out
 
 
@@ -222,13 +242,26 @@ def _groups(data: ExperimentData
     return groups, notes
 
 
+def chosen_note(data: ExperimentData, metric: str) -> str:
+    """A sweep's chosen trial in words: its score on select and its one test figure (the
+    parent run's ``select/`` and ``test/`` metrics, ``sweep.chosen``); empty if none."""
+    trial = data.parent_tags.get(BEST_TRIAL_TAG)
+    select = data.parent_metrics.get(SELECT + metric)
+    test = data.parent_metrics.get(TEST + metric)
+    if data.kind != "sweep" or not trial or select is None or test is None:
+        return ""
+    split = data.parent_tags.get(SELECT_SPLIT_TAG, "the select videos")
+    return (f"chosen on select ({split}): trial {trial}, {metric} = {select * 100:.2f} on "
+            f"select, {test * 100:.2f} on test (evaluated once, for this trial only)")
+
+
 def _plain(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
 
 
-def build_table(data: ExperimentData, at: str = "final", top_k: int | None = 20) -> Table:
+def build_table(data: ExperimentData, at: str = "best", top_k: int | None = 20) -> Table:
     """The table of an experiment (see the module docstring); a sweep keeps the reference
     row and the ``top_k`` best others by the metric."""
     tious = data.tious()
@@ -237,6 +270,11 @@ def build_table(data: ExperimentData, at: str = "final", top_k: int | None = 20)
     groups, notes = _groups(data)
     paper_cols = [c for _, _, _, paper, _ in groups for c in paper]
     columns = table_columns(data, tious, [metric, *paper_cols])
+    # a study's cells are each tested once; of a sweep's trials only the chosen one is
+    tested = data.kind == "ablation" and any(k.startswith(TEST) for r in data.finished
+                                             for k in r.metrics)
+    if tested and metric:
+        columns += [SELECT + metric, OPTIMISM + metric]
     rows: list[Row] = []
     for label, desc, runs, paper, ref in groups:
         per_seed, dup = _latest_per_seed(runs)
@@ -245,12 +283,15 @@ def build_table(data: ExperimentData, at: str = "final", top_k: int | None = 20)
                          "of each is used")
         values: dict[str, dict[int, float]] = {c: {} for c in columns}
         for seed, run in per_seed.items():
-            for c, v in run_values(data, run, columns, tious, at, metric).items():
+            for c, v in run_values(data, run, columns, tious, at, metric, tested).items():
                 values[c][seed] = v
         cells = {c: summarize(list(values[c].values())) for c in columns}
         rows.append(Row(label=label, description=desc, reference=ref, runs=per_seed,
                         values=values, cells=cells, paper=paper,
                         note="no finished run" if not per_seed else ""))
+    chosen = chosen_note(data, metric)
+    if chosen:
+        notes.insert(0, chosen)
     by_label = {r.label: r for r in rows}
     for r in rows:
         if r.reference is not None and r.reference in by_label and metric:
@@ -262,7 +303,7 @@ def build_table(data: ExperimentData, at: str = "final", top_k: int | None = 20)
     elif data.kind == "sweep" and len(rows) > 1:
         rows = [rows[0], *sorted(rows[1:], key=lambda r: -(r.cells[metric].mean or -math.inf))]
     return Table(experiment=data.name, title=data.title, kind=data.kind, columns=columns,
-                 metric=metric, at=at, rows=rows,
+                 metric=metric, at=at, rows=rows, tested=tested,
                  paper={k: str(v) for k, v in (study.get("paper") or {}).items()}, notes=notes)
 
 
@@ -302,6 +343,10 @@ def _paper(v: float | None) -> str:
 
 def _caption(table: Table) -> str:
     what = "study" if table.kind == "ablation" else "sweep"
+    if table.tested:
+        return (f"{what} '{table.title}' (MLflow experiment '{table.experiment}'): test mAP "
+                f"(%) of each run's best.pt, chosen on the select videos, once; 'select' = "
+                f"the choosing figure, 'select-test' = its optimism; mean ± std over seeds")
     when = "last evaluation" if table.at == "final" else "best evaluation by " + table.metric
     return (f"{what} '{table.title}' (MLflow experiment '{table.experiment}'): mAP (%) at the "
             f"{when} of each run, mean ± std over seeds")

@@ -217,7 +217,8 @@ def run_ablation(study: Study, verbose: int = 1) -> AblationResult:
             callback = MlflowTuneCallback(
                 tracker, functools.partial(_cell_params, base=base), total,
                 run_dir_for=runner.checkpoint_dir,
-                tags_for=functools.partial(_cell_tags, study=study.name, base=base))
+                tags_for=functools.partial(_cell_tags, study=study.name, base=base),
+                metric=study.metric, mode="max")
             grid_cells = [{"variant": c.variant, "seed": c.seed,
                            "overrides": study.cell_overrides(c)} for c in todo]
             name = f"run-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -29,7 +29,7 @@ from mllm4wtal.sweep.mlflow_tags import (
 
 logger = logging.getLogger(__name__)
 
-METRIC_PREFIXES = ("map/", "loss/")
+METRIC_PREFIXES = ("map/", "loss/", "test/")  # test/: a study cell's one test evaluation
 METRIC_KEYS = ("iteration", "lr")
 VERSION_PACKAGES = ("torch", "ray", "optuna", "mlflow", "mllm4wtal", "numpy")
 SEED_KEY = "train.seed"

@@ -12,7 +12,7 @@ import logging
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from mllm4wtal.errors import UserError
+from mllm4wtal.sweep.mlflow_tags import EXPERIMENT_KIND_TAG, KIND_TRAINING
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ def prepare_store(tracking_uri: str | None, experiment: str,
     Returns ``(tracking_uri, experiment_id)``, the URI with local paths made absolute. For
     local stores (sqlite, file) a new experiment keeps its artifacts under
     ``<experiment_dir>/mlartifacts``; a server chooses its own artifact location. An existing
-    experiment keeps the artifact location it was created with.
+    experiment keeps the artifact location it was created with. Either is marked as an
+    experiment of training runs (:func:`ensure_training_kind`).
     """
     if not experiment or not str(experiment).strip():
         raise UserError("mlflow.experiment must be a non-empty name")
@@ -109,8 +111,10 @@ def prepare_store(tracking_uri: str | None, experiment: str,
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             try:
-                return uri, client.create_experiment(experiment,
-                                                     artifact_location=artifact_location)
+                exp_id = client.create_experiment(
+                    experiment, artifact_location=artifact_location,
+                    tags={EXPERIMENT_KIND_TAG: KIND_TRAINING})
+                return uri, exp_id
             except MlflowException as e:  # created concurrently by another sweep
                 exp = client.get_experiment_by_name(experiment)
                 if exp is None:
@@ -118,10 +122,25 @@ def prepare_store(tracking_uri: str | None, experiment: str,
         if exp.lifecycle_stage == "deleted":
             logger.warning("restoring deleted MLflow experiment '%s'", experiment)
             client.restore_experiment(exp.experiment_id)
+        ensure_training_kind(client, exp.experiment_id, exp.tags)
         return uri, exp.experiment_id
     except MlflowException as e:
         raise UserError(f"MLflow tracking store '{uri}': cannot open experiment "
                         f"'{experiment}': {e.message}; fix mlflow.tracking_uri") from None
+
+
+def ensure_training_kind(client: mlflow.MlflowClient, experiment_id: str,
+                         tags: Mapping[str, str]) -> None:
+    """Tag an experiment as one of training runs (``mlflow.experimentKind``), which UIs that
+    read the tag open on the runs instead of the GenAI traces; experiments made before the
+    tag existed get it when their sweep resumes. Another kind is replaced, and said."""
+    kind = tags.get(EXPERIMENT_KIND_TAG)
+    if kind == KIND_TRAINING:
+        return
+    if kind:
+        logger.info("MLflow experiment %s: kind '%s' -> '%s' (its runs are training runs)",
+                    experiment_id, kind, KIND_TRAINING)
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, KIND_TRAINING)
 
 
 def search_runs(client: mlflow.MlflowClient, experiment_id: str, filter_string: str = "",

@@ -11,7 +11,8 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: a child names its parent (nes
 ROLE_TAG = "mllm4wtal.role"  # "parent" or "trial"
 ROLE_PARENT = "parent"
 ROLE_TRIAL = "trial"
-TRIAL_TAG = "trial_id"  # a child's Ray trial id (also its run name)
+TRIAL_TAG = "trial_id"  # a child's Ray trial id
+TRIAL_NUMBER_TAG = "trial_number"  # Ray's count of the trial (creation order), in its run name
 KIND_TAG = "mllm4wtal.kind"  # "ablation" on a study's runs
 KIND_ABLATION = "ablation"
 
@@ -26,7 +27,9 @@ PRUNED_TAG = "pruned"  # "true" / "false"
 PRUNED_AT_TAG = "pruned_at_iteration"
 LAST_ITERATION_TAG = "last_iteration"
 ERROR_TAG = "error"
-END_TAGS = (PRUNED_TAG, PRUNED_AT_TAG, LAST_ITERATION_TAG, ERROR_TAG)
+OUTCOME_TAG = "outcome"  # how it ended, for filters: tags.outcome = 'pruned'
+OUTCOMES = ("finished", "pruned", "failed", "killed")
+END_TAGS = (PRUNED_TAG, PRUNED_AT_TAG, LAST_ITERATION_TAG, ERROR_TAG, OUTCOME_TAG)
 PARAM_CONFLICTS_TAG = "param_conflicts"
 
 # a sweep's parent
@@ -35,6 +38,8 @@ SEARCH_SPACE_TAG = "search_space"  # the search-space file
 SWEEP_DIR_TAG = "sweep_dir"  # its experiment directory (holds optuna.db)
 SWEEP_METRIC_TAG = "sweep_metric"  # "<metric> (<mode>)", set by the summary
 BEST_TRIAL_TAG = "best_trial_id"
+SCORE_TAG = "score_rule"  # the sweep's score: "best" (best evaluation) or "last"
+SELECT_SPLIT_TAG = "select_split"  # what chose, in words (data.splits.describe)
 
 # a study (sweep.ablate): its children, then its parent
 STUDY_TAG = "study"  # the study's name (parent and children)
@@ -47,3 +52,8 @@ REFERENCE_TAG = "reference"
 STUDY_METRIC_TAG = "study_metric"
 N_CELLS_TAG = "n_cells"
 N_FINISHED_CELLS_TAG = "n_finished_cells"
+
+# the experiment, as MLflow's UI reads it (sweep.mlflow_view)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # UIs without MLflow 3.17's GenAI switch read it
+KIND_TRAINING = "custom_model_development"  # its "model training" kind: opens on the runs
+SAVED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # + view id: a saved view of the runs table

@@ -32,6 +32,7 @@ from mllm4wtal.config import to_flat
 from mllm4wtal.data.load import load_from_config
 from mllm4wtal.errors import UserError
 from mllm4wtal.ray_session import start_ray
+from mllm4wtal.sweep.chosen import ChosenTest, log_chosen, test_chosen
 from mllm4wtal.sweep.faults import (
     SpaceReserve,
     fault_line,
@@ -39,8 +40,17 @@ from mllm4wtal.sweep.faults import (
     resume_hint,
     storage_fault,
 )
-from mllm4wtal.sweep.mlflow_tags import SEARCH_SPACE_TAG, SWEEP_TAG
-from mllm4wtal.sweep.records import TrialRecord, mark_killed, trial_record
+from mllm4wtal.sweep.mlflow_tags import SCORE_TAG, SEARCH_SPACE_TAG, SWEEP_TAG
+from mllm4wtal.sweep.mlflow_view import sweep_runs_url
+from mllm4wtal.sweep.progress import sweep_reporter
+from mllm4wtal.sweep.records import (
+    SCORE_RULES,
+    TrialRecord,
+    drop_orphans,
+    mark_killed,
+    rank_records,
+    trial_record,
+)
 from mllm4wtal.sweep.search import (
     fail_running,
     make_scheduler,
@@ -67,6 +77,7 @@ class SweepResult:
     parent_run_id: str
     records: list[TrialRecord]
     interrupted: bool
+    chosen: ChosenTest | None = None  # the trial chosen on select, tested once
 
 
 def trial_params(config: dict, *, base: dict[str, Any]) -> dict[str, Any]:
@@ -207,18 +218,22 @@ def conclusion(space: SearchSpaceFile, result: SweepResult) -> str:
     if result.interrupted:
         return (f"sweep interrupted; continue it with: mllm4wtal sweep --resume "
                 f"{result.experiment_dir}\nso far in MLflow: {ui}")
-    done = [r for r in result.records if r.get("metric") is not None]
+    ranked = rank_records(result.records, space.mode)
     pruned = sum(bool(r["pruned"]) for r in result.records)
     failed = sum(r["status"] == "FAILED" for r in result.records)
     lines = [f"{len(result.records)} trials: {pruned} pruned by ASHA, {failed} failed"]
-    if done:
-        pick = max if space.mode == "max" else min
-        best = pick(done, key=lambda r: r["metric"])
+    if ranked:
+        best, chosen = ranked[0], result.chosen
         lines += [f"best trial {best['trial_id']}: {space.metric} = {best['metric']:.4f} "
-                  f"({best['iterations']} iterations)",
-                  "  " + " ".join(f"{k}={v}" for k, v in best["config"].items()),
+                  f"on select (its {SCORE_RULES[space.score]}; {best['iterations']} iterations)"]
+        if chosen is not None and chosen.test_value is not None:
+            lines.append(f"  {chosen.select_split}")
+            lines.append(f"  test, once for this trial ({chosen.checkpoint}): {space.metric} = "
+                         f"{chosen.test_value:.4f}")
+        lines += ["  " + " ".join(f"{k}={v}" for k, v in best["config"].items()),
                   f"  config: {result.experiment_dir / 'summary' / 'best_config.yaml'}"]
     lines.append(f"compare the trials in the MLflow UI: {ui}")
+    lines.append(f"  then open: {sweep_runs_url(result.tracking_uri, result.parent_run_id)}")
     return "\n".join(lines)
 
 
@@ -266,7 +281,8 @@ def run_sweep(space: SearchSpaceFile, resume: bool = False, verbose: int = 1) ->
     try:
         tracker = SweepTracker(exp, space.mlflow.experiment, space.mlflow.tracking_uri,
                                sweep_name=space.name, base_params=to_flat(space.base_config),
-                               tags={SWEEP_TAG: space.name, SEARCH_SPACE_TAG: str(space.path)})
+                               tags={SWEEP_TAG: space.name, SEARCH_SPACE_TAG: str(space.path),
+                                     SCORE_TAG: space.score})
         return _run(space, tracker, resume, verbose)
     except Exception as e:
         line = stopped_by_fault(space, tracker, e, reserve)
@@ -286,7 +302,10 @@ def _run(space: SearchSpaceFile, tracker: SweepTracker, resume: bool, verbose: i
     with ray_started():
         trainable = make_trainable(base, dataset, space.resources, [space.base_config])
         callback = MlflowTuneCallback(tracker, functools.partial(trial_params, base=base),
-                                      total, run_dir_for=checkpoint_dir)
+                                      total, run_dir_for=checkpoint_dir, metric=space.metric,
+                                      mode=space.mode, score=space.score,
+                                      view_params=[p.key for p in space.params])
+        reporter = sweep_reporter(space)  # also before a restore: it picks Tune's output
         if resume and tune.Tuner.can_restore(str(exp)):  # else it stopped before Tune saved
             tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
         else:
@@ -298,17 +317,30 @@ def _run(space: SearchSpaceFile, tracker: SweepTracker, resume: bool, verbose: i
                                             reuse_actors=True),  # no process start per trial
                 run_config=tune.RunConfig(
                     name=space.name, storage_path=tune_storage(space.storage_path),
-                    callbacks=[callback], verbose=verbose,
+                    callbacks=[callback], verbose=verbose, progress_reporter=reporter,
                     failure_config=tune.FailureConfig(max_failures=space.trials.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         grid = fit(tuner)
+        results = list(grid) if grid is not None else []
         records = [trial_record(r, r.config or {}, total_iterations=total,
-                                metric=space.metric, mode=space.mode,
+                                metric=space.metric, mode=space.mode, score=space.score,
                                 gpus=space.resources.gpu)
-                   for r in (grid if grid is not None else [])]
+                   for r in results]
+    if grid is not None:
+        drop_orphans(records, tracker)
     running = mark_killed(records, tracker)
     interrupted = running or len(records) < space.trials.num_samples
+    chosen = None
+    if not interrupted:  # the chosen config meets the test videos once, at the very end
+        checkpoints = {rec["trial_id"]: r.checkpoint for rec, r in zip(records, results,
+                                                                       strict=True)
+                       if r.checkpoint is not None}
+        chosen = test_chosen(records, checkpoints, dataset, metric=space.metric,
+                             mode=space.mode, score=space.score,
+                             data_config=space.base_config.data)
+        if chosen is not None:
+            log_chosen(tracker, chosen)
     tracker.finish("KILLED" if interrupted else "FINISHED")
     return SweepResult(experiment_dir=exp, tracking_uri=tracker.tracking_uri,
                        parent_run_id=tracker.parent_run_id, records=records,
-                       interrupted=interrupted)
+                       interrupted=interrupted, chosen=chosen)

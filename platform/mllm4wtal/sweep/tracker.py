@@ -2,10 +2,12 @@
 
 Layout in the store: one *parent* run per sweep, its id kept in
 ``<experiment_dir>/mlflow_parent_run.json`` so that a resumed sweep re-attaches to it, and one
-*child* run per Ray trial (tags ``mlflow.parentRunId`` and ``trial_id``, run name = trial id),
-found again by those tags when the sweep resumes. Children hold the flattened training config
-as params, whitelisted metrics (``map/*``, ``loss/*``, ``iteration``, ``lr``) with
-``step = iteration``, and on their end the tags ``pruned``/``pruned_at_iteration``/``error``.
+*child* run per Ray trial (tags ``mlflow.parentRunId`` and ``trial_id``, a readable run name:
+``sweep.mlflow_view``), found again by those tags when the sweep resumes. Children hold the
+flattened training config as params, whitelisted metrics (``map/*``, ``loss/*``,
+``iteration``, ``lr``, and the sweep's score) with ``step = iteration``, and on their end the
+tags ``outcome`` (finished, pruned, failed, killed), ``pruned``/``pruned_at_iteration``/
+``error``. ``show_runs`` saves the experiment's view of them in MLflow's UI.
 Every write goes through an explicit ``mlflow.MlflowClient`` (``sweep.tune_callback`` calls
 the tracker from Ray Tune's driver loop, one hook at a time, so concurrent trials never race
 on the store).
@@ -41,6 +43,7 @@ from mllm4wtal.sweep.mlflow_tags import (
     END_TAGS,
     ERROR_TAG,
     LAST_ITERATION_TAG,
+    OUTCOME_TAG,
     PARAM_CONFLICTS_TAG,
     PARENT_TAG,
     PRUNED_AT_TAG,
@@ -51,11 +54,13 @@ from mllm4wtal.sweep.mlflow_tags import (
     SWEEP_DIR_TAG,
     TRIAL_TAG,
 )
+from mllm4wtal.sweep.mlflow_view import runs_view, save_view, sweep_runs_url
 
 logger = logging.getLogger(__name__)
 
 PARENT_RUN_FILE = "mlflow_parent_run.json"
-TRIAL_ARTIFACTS = ("best.pt", "predictions.json", "config.yaml", "metrics.jsonl")
+TRIAL_ARTIFACTS = ("best.pt", "predictions.json", "config.yaml", "metrics.jsonl", "split.json",
+                   "test_metrics.json")
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -209,14 +214,15 @@ class SweepTracker:
     # -- children --------------------------------------------------------------------------
 
     def trial_run(self, trial_id: str, params: Mapping[str, Any],
-                  tags: Mapping[str, Any] | None = None) -> str:
+                  tags: Mapping[str, Any] | None = None, run_name: str | None = None) -> str:
         """The child run of a trial: created once, re-attached (status RUNNING) afterwards.
 
         ``params`` is the training config of the trial (dotted keys; nested dicts are
         flattened). They are logged in one ``log_batch``; on re-attach only missing keys are
         logged, since MLflow refuses to change a param (a changed value is named in the tag
         ``param_conflicts`` and a warning, and the logged value stays). ``tags`` are set on
-        a new run besides the usual ones (an ablation's study, variant and seed).
+        a new run besides the usual ones (an ablation's study, variant and seed). ``run_name``
+        (default: the trial id) also renames a re-attached run named otherwise before.
         """
         trial_id = str(trial_id)
         flat = flatten_params(params)
@@ -226,7 +232,8 @@ class SweepTracker:
             tags = {**self._base_tags(params),
                     **{str(k): tag_value(v) for k, v in (tags or {}).items()},
                     PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, ROLE_TAG: ROLE_TRIAL}
-            run = self.client.create_run(self.experiment_id, run_name=trial_id, tags=tags)
+            run = self.client.create_run(self.experiment_id, run_name=run_name or trial_id,
+                                         tags=tags)
             run_id = run.info.run_id
             self._children[trial_id] = run_id
             self._last_step[trial_id] = -1
@@ -237,6 +244,8 @@ class SweepTracker:
                 self.client.restore_run(run_id)
             if run.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
+            if run_name and run.info.run_name != run_name:  # named by an older version
+                self.client.update_run(run_id, name=run_name)
             for tag in END_TAGS:
                 if tag in run.data.tags:
                     self.client.delete_tag(run_id, tag)
@@ -253,11 +262,13 @@ class SweepTracker:
             self.client.log_batch(run_id, params=new)
         return run_id
 
-    def log_result(self, trial_id: str, result: Mapping[str, Any]) -> dict[str, float]:
+    def log_result(self, trial_id: str, result: Mapping[str, Any],
+                   extra: Mapping[str, float] | None = None) -> dict[str, float]:
         """Log the whitelisted metrics of one result at ``step = int(result["iteration"])``.
 
         Keys starting with ``map/`` or ``loss/``, ``iteration`` and ``lr`` whose values are
-        real numbers, names made MLflow-legal (``mlflow_names.result_metrics``). A step already
+        real numbers, names made MLflow-legal (``mlflow_names.result_metrics``), and the
+        ``extra`` metrics (the trial's score so far) at the same step. A step already
         logged for this trial (a resumed trial replaying
         the iterations after its checkpoint) is skipped. Returns what was logged.
         """
@@ -270,20 +281,32 @@ class SweepTracker:
         if step <= self._last_step.get(trial_id, -1):
             return {}
         logged = result_metrics(result, label=f"trial {trial_id}")
+        logged.update({mlflow_name(k): float(v) for k, v in (extra or {}).items()})
         if logged:
             log_run_metrics(self.client, run_id, logged, step)
         self._last_step[trial_id] = step
         return logged
 
+    def last_value(self, trial_id: str, key: str) -> float | None:
+        """The value of metric ``key`` at the last step the trial's run logged, else None
+        (what a re-attached trial's score so far was)."""
+        history = self.client.get_metric_history(self._require(str(trial_id)),
+                                                 mlflow_name(key))
+        if not history:
+            return None
+        return float(max(history, key=lambda m: (m.step, m.timestamp)).value)
+
     def end_trial(self, trial_id: str, status: str = "FINISHED", pruned: bool = False,
                   rung: int | None = None, error: str | None = None) -> None:
-        """Tag a trial's end (``pruned``, ``pruned_at_iteration``, ``last_iteration``,
-        ``error``, the message cut to MLflow's 8000 characters keeping its end, where the
-        exception is) and set its status (FINISHED, FAILED or KILLED)."""
+        """Tag a trial's end (``outcome``: finished, pruned, failed or killed; ``pruned``,
+        ``pruned_at_iteration``, ``last_iteration``, ``error``, the message cut to MLflow's
+        8000 characters keeping its end, where the exception is) and set its status
+        (FINISHED, FAILED or KILLED)."""
         if status not in END_STATUSES:
             raise ValueError(f"status must be one of {END_STATUSES}, not {status!r}")
         run_id = self._require(str(trial_id))
-        tags = {PRUNED_TAG: "true" if pruned else "false"}
+        outcome = "pruned" if pruned and status == "FINISHED" else status.lower()
+        tags = {PRUNED_TAG: "true" if pruned else "false", OUTCOME_TAG: outcome}
         if rung is not None:
             tags[LAST_ITERATION_TAG] = str(int(rung))
             if pruned:
@@ -313,6 +336,22 @@ class SweepTracker:
 
     # -- parent ----------------------------------------------------------------------------
 
+    def show_runs(self, order_by: str, mode: str, metrics: list[str],
+                  params: list[str] | None = None) -> str:
+        """Save the view of this sweep's runs in MLflow's UI (``mlflow_view.runs_view``: its
+        runs best first on metric ``order_by``, the ``metrics`` columns first, then
+        ``params``), under the parent run's id; returns the address that opens it."""
+        view = runs_view(self.parent_run_id, self.sweep_name, self.extra_tags, order_by, mode,
+                         metrics, params or ())
+        save_view(self.client, self.experiment_id, view)
+        return self.runs_url
+
+    @property
+    def runs_url(self) -> str:
+        """The address that opens the experiment on its runs in MLflow's UI (``mlflow ui``
+        on port 5000 for a local store), in this sweep's view once ``show_runs`` saved it."""
+        return sweep_runs_url(self.tracking_uri, self.parent_run_id, client=self.client)
+
     def set_parent_tags(self, tags: Mapping[str, Any]) -> None:
         set_run_tags(self.client, self.parent_run_id, tags)
 
@@ -326,7 +365,8 @@ class SweepTracker:
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> list[str]:
         """End the sweep: children still RUNNING become KILLED (FAILED, with the tag
-        ``error``, when the sweep failed), then the parent gets ``status`` (and ``error``).
+        ``error``, when the sweep failed; ``outcome`` says which), then the parent gets
+        ``status`` (and ``error``).
         Returns the trial ids that were ended here. A later tracker on the same experiment
         dir re-opens both."""
         if status not in END_STATUSES:
@@ -336,8 +376,8 @@ class SweepTracker:
                 ] if error else []
         ended = []
         for run in self._search(" and attributes.status = 'RUNNING'"):
-            if tags:
-                self.client.log_batch(run.info.run_id, tags=tags)
+            self.client.log_batch(run.info.run_id,
+                                  tags=[*tags, RunTag(OUTCOME_TAG, child_status.lower())])
             self.client.set_terminated(run.info.run_id, status=child_status)
             ended.append(run.data.tags.get(TRIAL_TAG, run.info.run_id))
         if tags:

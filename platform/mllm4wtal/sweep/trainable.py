@@ -12,6 +12,7 @@ object store once and shared by every trial on a node, not re-read per trial.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,16 +25,19 @@ import ray
 import torch
 from ray import tune
 
+from mllm4wtal import files
 from mllm4wtal.config import Config, from_flat
 from mllm4wtal.data.types import WTALDataset
 from mllm4wtal.errors import UserError
-from mllm4wtal.inference.evaluate import ModelEvaluator
+from mllm4wtal.inference.evaluate import ModelEvaluator, evaluate_on_test
 from mllm4wtal.sweep.faults import STORAGE_ERRNOS, fault_line
 from mllm4wtal.text.bundle import TextBundle, build_text_bundle, bundle_key
+from mllm4wtal.train.checkpoint import SPLIT_FILE, TEST_FILE
 from mllm4wtal.train.loop import train
 
 #: what a trial checkpoint carries of the run directory
-CHECKPOINT_FILES = ("last.pt", "best.pt", "predictions.json", "metrics.jsonl", "config.yaml")
+CHECKPOINT_FILES = ("last.pt", "best.pt", "predictions.json", "metrics.jsonl", "config.yaml",
+                    SPLIT_FILE, TEST_FILE)
 RUN_DIR = "run"
 
 
@@ -76,10 +80,13 @@ def shared_text_bundles(configs: Iterable[Config], dataset: WTALDataset
 
 
 def run_trial(trial_params: Mapping[str, Any], *, base: Mapping[str, Any],
-              dataset: WTALDataset, texts: Mapping[str, TextBundle] | None = None) -> None:
+              dataset: WTALDataset, texts: Mapping[str, TextBundle] | None = None,
+              test_at_end: bool = False) -> None:
     """The Ray Tune function trainable; ``base`` is the flat base config, ``texts`` the
     bundles built in the driver (a trial whose text config is not among them builds its
-    own)."""
+    own). ``test_at_end``: the last report also carries the one test evaluation of the
+    run's ``best.pt`` (chosen on select), as ``test/<metric>`` (a study's cells: each cell
+    is a chosen model)."""
     ctx = tune.get_context()
     flat = {**base, **trial_params}
     flat["train.device"] = trial_device(str(flat["train.device"]))
@@ -93,6 +100,12 @@ def run_trial(trial_params: Mapping[str, Any], *, base: Mapping[str, Any],
         if cfg.train.device == "cuda":  # for packing trials on a GPU (jobs/bench)
             peak = torch.cuda.max_memory_allocated() / 2**20
             metrics = {**metrics, "gpu/max_allocated_mib": peak}
+        best = run_dir / "best.pt"
+        if test_at_end and metrics["iteration"] >= cfg.train.iterations and best.exists():
+            tested = evaluate_on_test(best, dataset)
+            files.write_text(run_dir / TEST_FILE, json.dumps(tested, indent=1), force=True,
+                             fix="storage")
+            metrics = {**metrics, **tested}
         with tempfile.TemporaryDirectory() as tmp:
             copy_run_files(run_dir, Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -127,4 +140,5 @@ def run_cell(config: Mapping[str, Any], *, base: Mapping[str, Any],
     """The trainable of an ablation study (``sweep.ablate``): Ray's config is
     ``{"cell": {"variant", "seed", "overrides"}}``, one cell of its grid; the cell's flat
     overrides go to :func:`run_trial`."""
-    run_trial(config["cell"]["overrides"], base=base, dataset=dataset, texts=texts)
+    run_trial(config["cell"]["overrides"], base=base, dataset=dataset, texts=texts,
+              test_at_end=True)

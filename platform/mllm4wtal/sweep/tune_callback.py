@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from mllm4wtal.sweep.faults import traceback_reason
+from mllm4wtal.sweep.mlflow_names import as_float
+from mllm4wtal.sweep.mlflow_tags import TRIAL_NUMBER_TAG
+from mllm4wtal.sweep.mlflow_view import ray_trial_number, run_name
+from mllm4wtal.sweep.records import trial_score
 from mllm4wtal.sweep.tracker import SweepTracker
 
 logger = logging.getLogger(__name__)
@@ -57,7 +61,14 @@ class MlflowTuneCallback(Callback):
     trial (for its artifacts) or None; ``tags_for(trial.config)`` gives extra tags of a
     trial's run (an ablation's study, variant, seed). A trial that completes with its last
     reported ``iteration`` below ``total_iterations`` was stopped by the scheduler (ASHA) and
-    is tagged as pruned at that iteration.
+    is tagged as pruned at that iteration. Runs are named ``trial <n>: <sampled values>``
+    (``n``: Ray's count of the trial) or, for a study's cell, ``<variant> seed <n>``.
+
+    With ``metric``, every result also logs the trial's score so far as
+    ``<score>/<metric>`` (``score`` ``best``: its best value by ``mode`` yet; ``last``: this
+    one); a re-attached trial goes on from the last score its run holds. At the start the
+    experiment gets a saved view in MLflow's UI: the sweep's runs best first on that score,
+    with ``view_params`` as columns (``tracker.show_runs``; ``tracker.runs_url`` opens it).
 
     Tracking never stops a sweep: an MLflow failure in a hook is logged as a warning
     (``strict=True`` raises instead, for tests). The sweep ends the parent run itself with
@@ -68,14 +79,34 @@ class MlflowTuneCallback(Callback):
                  total_iterations: int,
                  run_dir_for: Callable[[Any], Path | None] | None = None,
                  strict: bool = False,
-                 tags_for: Callable[[dict], Mapping[str, Any]] | None = None) -> None:
+                 tags_for: Callable[[dict], Mapping[str, Any]] | None = None, *,
+                 metric: str | None = None, mode: str = "max", score: str = "best",
+                 view_params: Sequence[str] = ()) -> None:
+        if mode not in ("max", "min") or score not in ("best", "last"):
+            raise ValueError(f"mode must be max or min and score best or last, not {mode!r}, "
+                             f"{score!r}")
         self.tracker = tracker
         self.params_for = params_for
         self.tags_for = tags_for
         self.total_iterations = int(total_iterations)
         self.run_dir_for = run_dir_for
         self.strict = strict
+        self.metric, self.mode, self.score = metric, mode, score
+        self.view_params = list(view_params)
         self._last_iteration: dict[str, int] = {}
+        self._score: dict[str, float] = {}  # a trial's score so far
+        self._seeded: set[str] = set()  # trials whose score went on from their run
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a sweep started by an older version resumes with the callback it pickled
+        defaults = {"metric": None, "mode": "max", "score": "best", "view_params": [],
+                    "_score": {}, "_seeded": set()}
+        self.__dict__.update({**defaults, **state})
+
+    @property
+    def score_key(self) -> str | None:
+        """``best/<metric>`` or ``last/<metric>``: the score's MLflow metric."""
+        return f"{self.score}/{self.metric}" if self.metric else None
 
     def _guard(self, what: str, trial: Any, fn: Callable[[], Any]) -> Any:
         try:
@@ -100,16 +131,59 @@ class MlflowTuneCallback(Callback):
         if run_dir is not None:
             self.tracker.log_trial_artifacts(trial.trial_id, Path(run_dir))
 
+    def setup(self, **info: Any) -> None:
+        key = self.score_key
+        if key is None:
+            return
+        try:
+            self.tracker.show_runs(key, self.mode, [key, f"test/{self.metric}"],
+                                   self.view_params)
+        except Exception:
+            if self.strict:
+                raise
+            logger.warning("MLflow: could not save the runs view; the sweep goes on",
+                           exc_info=True)
+
+    def _start(self, trial: Any) -> None:
+        tags = dict(self.tags_for(trial.config)) if self.tags_for is not None else {}
+        number = ray_trial_number(trial)
+        if number is not None:
+            tags.setdefault(TRIAL_NUMBER_TAG, number)
+        self.tracker.trial_run(trial.trial_id, self.params_for(trial.config), tags,
+                               run_name=run_name(trial, tags))
+        self._resume_score(trial.trial_id)
+
+    def _resume_score(self, trial_id: str) -> None:
+        """Once per trial: go on from the score its run holds (a resumed sweep)."""
+        key = self.score_key
+        if key is None or trial_id in self._seeded:
+            return
+        self._seeded.add(trial_id)
+        if trial_id not in self._score:
+            before = self.tracker.last_value(trial_id, key)
+            if before is not None:
+                self._score[trial_id] = before
+
+    def _score_so_far(self, trial_id: str, result: Mapping[str, Any]) -> dict[str, float]:
+        key = self.score_key
+        value = as_float(result.get(self.metric)) if key is not None else None
+        if key is None or value is None:
+            return {}
+        self._resume_score(trial_id)
+        before = self._score.get(trial_id)
+        values = [value] if before is None else [before, value]
+        self._score[trial_id] = trial_score(values, self.mode, self.score)
+        return {key: self._score[trial_id]}
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._guard("start", trial, lambda: self.tracker.trial_run(
-            trial.trial_id, self.params_for(trial.config),
-            self.tags_for(trial.config) if self.tags_for is not None else None))
+        self._guard("start", trial, lambda: self._start(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         if result.get("iteration") is not None:
             self._last_iteration[trial.trial_id] = int(result["iteration"])
-        self._guard("result", trial, lambda: self.tracker.log_result(trial.trial_id, result))
+        self._guard("result", trial, lambda: self.tracker.log_result(
+            trial.trial_id, result, self._score_so_far(trial.trial_id, result)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                           **info: Any) -> None:

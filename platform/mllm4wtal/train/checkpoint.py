@@ -29,7 +29,10 @@ from mllm4wtal.train.checkpoint_schema import check_state, read_error
 
 FORMAT = 1
 #: what a run directory holds; a folder with any of them holds a run
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "predictions.json")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "predictions.json",
+             "split.json", "test_metrics.json")
+SPLIT_FILE = "split.json"  # the run's roles: data.splits.split_record
+TEST_FILE = "test_metrics.json"  # the one test evaluation of the checkpoint chosen on select
 #: config keys a resumed run may change (a run may be extended, moved, run elsewhere)
 RESUMABLE_KEYS = ("train.iterations", "train.device", "train.out_dir")
 RUN_LINE = "# mllm4wtal run "

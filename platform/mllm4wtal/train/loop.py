@@ -25,12 +25,14 @@ from tqdm import tqdm
 from mllm4wtal import files
 from mllm4wtal.config import Config, to_flat
 from mllm4wtal.data.batching import TrainBatchSampler
+from mllm4wtal.data.splits import assign_roles, split_record
 from mllm4wtal.data.types import WTALDataset
 from mllm4wtal.errors import DivergenceError, UserError
 from mllm4wtal.model.mllm4wtal import MLLM4WTAL
 from mllm4wtal.text.bundle import TextBundle, build_text_bundle, bundle_key
 from mllm4wtal.train.checkpoint import (
     RUN_FILES,
+    SPLIT_FILE,
     load_checkpoint,
     new_run_id,
     owning_run,
@@ -44,10 +46,12 @@ WHERE = "--run-dir or train.out_dir"
 
 
 class Evaluate(Protocol):
-    """Scores a model: ``(metrics, predictions)``; ``metric`` names the entry of the metrics
-    that ``best.pt`` is chosen by (higher is better)."""
+    """Scores a model on the ``select`` videos: ``(metrics, predictions)``; ``metric`` names
+    the entry of the metrics (scores or losses) that ``best.pt`` is chosen by, ``mode``
+    whether higher (``max``) or lower (``min``) is better."""
 
     metric: str
+    mode: str
 
     def __call__(self, model: MLLM4WTAL) -> tuple[dict[str, float], dict]: ...
 
@@ -111,6 +115,7 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: E
     that holds one. Every file goes through ``mllm4wtal.files``.
     """
     run_dir = Path(run_dir)
+    dataset = assign_roles(dataset, cfg.data)  # trained on `train`, chosen on `select`
     files.check_writable(run_dir, fix=WHERE)
     if resume is None:
         refuse_taken(run_dir)
@@ -130,7 +135,8 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: E
         n_similar=cfg.data.n_similar, seed=cfg.train.seed)
     rng = np.random.default_rng(cfg.train.seed)
 
-    start, best, best_it, last_metrics = 0, -math.inf, -1, {}
+    mode = evaluate.mode if evaluate is not None else "max"
+    start, best, best_it, last_metrics = 0, -math.inf if mode == "max" else math.inf, -1, {}
     if resume is not None:
         state = load_checkpoint(resume)
         run_id = owning_run(resume, run_dir, state) or new_run_id()
@@ -147,6 +153,8 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: E
         run_id = new_run_id()
     # on resume too: config.yaml then says what the run now is (e.g. more iterations)
     write_run_config(cfg, run_dir / "config.yaml", run_id, force=resume is not None)
+    files.write_text(run_dir / SPLIT_FILE, json.dumps(split_record(dataset), indent=1),
+                     force=resume is not None, fix=WHERE)
 
     def checkpoint_state(iteration: int, metrics: dict[str, float]) -> dict:
         return {
@@ -179,7 +187,8 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: E
             scores, predictions = evaluate(model) if evaluate is not None else ({}, None)
             metrics = {**scores, **losses, "iteration": float(done),
                        "lr": dpid.opt_ksm.param_groups[0]["lr"]}
-            if evaluate is not None and metrics[evaluate.metric] > best:
+            if evaluate is not None and improves(chosen_by(metrics, evaluate.metric), best,
+                                                 mode):
                 best, best_it = metrics[evaluate.metric], done
                 save_checkpoint(run_dir / "best.pt", checkpoint_state(done, metrics))
                 files.write_text(run_dir / "predictions.json", json.dumps(predictions),
@@ -197,6 +206,19 @@ def train(cfg: Config, dataset: WTALDataset, run_dir: str | Path, *, evaluate: E
     bar.close()
     return TrainResult(run_dir=run_dir, iteration=cfg.train.iterations, best_metric=best,
                        best_iteration=best_it, last_metrics=last_metrics)
+
+
+def chosen_by(metrics: dict[str, float], name: str) -> float:
+    """The value ``best.pt`` is chosen by; a name no evaluation reports is refused."""
+    if name not in metrics:
+        raise UserError(f"train.best_metric = '{name}' is not among the metrics an evaluation "
+                        f"reports ({', '.join(sorted(metrics)[:8])}, ...); pick one of them")
+    return metrics[name]
+
+
+def improves(value: float, best: float, mode: str) -> bool:
+    """Whether ``value`` beats ``best`` by ``mode``; NaN never does."""
+    return math.isfinite(value) and (value > best if mode == "max" else value < best)
 
 
 def refuse_taken(run_dir: Path) -> None:

@@ -48,7 +48,8 @@ from mllm4wtal.sweep.spaces.values import show
 #: nor varied (``data.synthetic.*`` too)
 DATASET_KEYS = ("data.format", "data.root", "data.name", "data.train_subset",
                 "data.test_subset", "data.feature_dim", "data.rgb_dim", "data.fps",
-                "data.frames_per_snippet")
+                "data.frames_per_snippet", "data.select", "data.select_fraction",
+                "data.select_seed")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 S = TypeVar("S", bound=Section)
 

@@ -24,7 +24,7 @@ from mllm4wtal.sweep.spaces.sections import (
 )
 from mllm4wtal.sweep.spaces.values import article, same, show
 
-TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "metric", "mode", "space",
+TOP_LEVEL_KEYS = ("name", "description", "base", "overrides", "metric", "mode", "score", "space",
                   "points_to_evaluate", "searcher", "scheduler", "trials", "resources",
                   "mlflow", "storage")
 
@@ -34,6 +34,8 @@ OWNED_KEYS = {
     "train.eval_interval": "ASHA rungs must fall on its reports; set it under overrides",
     "train.device": "the device follows resources.gpu; set it under overrides",
     "train.out_dir": "the sweep places each trial's run under storage.path",
+    "train.best_metric": "best.pt is chosen by the sweep's metric; set metric:",
+    "train.best_mode": "best.pt is chosen by the sweep's mode; set mode:",
 }
 
 
@@ -55,6 +57,10 @@ class SearchSpaceFile:
     overrides: dict[str, Any]  # flat: the file's overrides, then --set
     metric: str
     mode: Literal["min", "max"]
+    #: what a trial's score is, everywhere it is ranked or shown (progress, MLflow, summary,
+    #: report, the checkpoint the chosen config is tested with): ``best`` = its best
+    #: evaluation of ``metric`` during the run (``best.pt``), ``last`` = its last one
+    score: Literal["best", "last"]
     params: tuple[Param, ...]
     points_to_evaluate: tuple[dict[str, Any], ...]
     searcher: SearcherSpec
@@ -101,6 +107,12 @@ class SearchSpaceParser(FileParser):
         base_config = self.build_base(base, file_ovr, cli_ovr)
         params = self.parse_space(raw, file_ovr, cli_ovr)
         metric, mode = self.parse_metric(raw, base_config)
+        base_config = self.choose_best_by(base_config, {**file_ovr, **cli_ovr}, metric, mode)
+        score = raw.get("score", "best")
+        if score not in ("best", "last"):
+            raise self.fail("score", f"{show(score)} must be best (a trial's best evaluation "
+                                     "during its run, what best.pt holds) or last (its last "
+                                     "evaluation)")
         self.check_corners(params, base_config, metric)
         trials = self.section(raw, "trials", TrialsSpec)
         points = self.parse_points(raw, params, base_config, metric, trials)
@@ -112,9 +124,20 @@ class SearchSpaceParser(FileParser):
         return SearchSpaceFile(
             path=self.path.resolve(), where=self.where, name=name, description=description,
             base=base, base_config=base_config, overrides={**file_ovr, **cli_ovr},
-            metric=metric, mode=mode, params=params, points_to_evaluate=points,
+            metric=metric, mode=mode, score=score, params=params, points_to_evaluate=points,
             searcher=searcher, scheduler=scheduler, trials=trials, resources=resources,
             mlflow=mlflow, storage_path=storage_path, experiment_dir=experiment_dir)
+
+    def choose_best_by(self, cfg: Config, overrides: dict, metric: str, mode: str) -> Config:
+        """The base config with ``best.pt`` chosen by the sweep's metric and mode, so that a
+        trial's best checkpoint is the one its score describes."""
+        chosen = {"train.best_metric": metric, "train.best_mode": mode}
+        for key, value in chosen.items():
+            if overrides.get(key, value) != value:
+                raise self.fail("overrides", f"{key} = {show(overrides[key])}: in a sweep "
+                                             f"best.pt is chosen by its metric and mode "
+                                             f"({metric}, {mode}); drop {key}")
+        return self.variant(cfg, chosen, "metric")
 
     # ---------------------------------------------------------------- space
 
