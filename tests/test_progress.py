@@ -126,7 +126,7 @@ def test_the_reporter_prints_at_start_on_each_end_and_at_its_rate(capsys):
     rep.report(trials, False)
     out = capsys.readouterr().out.splitlines()
     assert out[0] == ("sweep 'small' progress (min loss/match; a trial's score best/loss/match "
-                      "is its best evaluation during the run (what best.pt holds)), every "
+                      "is its best evaluation during the run, what best.pt holds), every "
                       "3600 s and when a trial ends:")
     assert out[1].startswith("sweep 'small': 0/6 trials ended") and "ETA unknown" in out[1]
     assert not rep.should_report(trials)  # not on every result
@@ -169,8 +169,8 @@ def test_a_real_sweep_prints_its_progress_on_plain_stdout(tmp_path):
     assert "\x1b[" not in proc.stdout  # no terminal control codes
     intro = [ln for ln in lines if ln.startswith("sweep 'watched' progress")]
     assert intro == ["sweep 'watched' progress (min loss/match; a trial's score "
-                     "best/loss/match is its best evaluation during the run (what best.pt "
-                     "holds)), every 30 s and when a trial ends:"]
+                     "best/loss/match is its best evaluation during the run, what best.pt "
+                     "holds), every 30 s and when a trial ends:"]
     status = [m for m in map(STATUS.match, lines) if m]
     assert status[0].group(7).endswith("ETA unknown")
     assert not any("map/0.1" in ln for ln in lines)  # not Ray's own table

@@ -16,8 +16,8 @@ if TYPE_CHECKING:  # records stay light to import: no MLflow
 
 
 #: a sweep's ``score`` rule in words, wherever a score is shown
-SCORE_RULES = {"best": "best evaluation during the run (what best.pt holds)",
-               "last": "last evaluation (what last.pt holds)"}
+SCORE_RULES = {"best": "best evaluation during the run, what best.pt holds",
+               "last": "last evaluation, what last.pt holds"}
 
 
 class TrialRecord(TypedDict, total=False):
