@@ -88,28 +88,14 @@ def size_overrides(size: str, device: str, cache: str, test_videos: int) -> list
 # --- (a) one trial alone, in a worker process -------------------------------------------
 
 def run_single(job: dict) -> dict:
-    import numpy as np
     import torch
     from mllm4wtal.config import load_config
-    from mllm4wtal.data.batching import TrainBatchSampler
-    from mllm4wtal.data.load import load_from_config
-    from mllm4wtal.text.bundle import build_text_bundle
-    from mllm4wtal.train.dpid import DPID
-    from mllm4wtal.train.loop import build_model, make_batch, resolve_device, seed_everything
+    from mllm4wtal.train.loop import make_batch
 
     overrides = [*size_overrides(job["size"], job["device"], job["cache"], 1),
                  f"train.bf16={'true' if job['precision'] == 'bf16' else 'false'}"]
     cfg = load_config("synthetic", overrides)
-    data = load_from_config(cfg.data)
-    seed_everything(0)
-    device = resolve_device(cfg.train.device)
-    text = build_text_bundle(cfg, data)
-    model = build_model(cfg, data, text).to(device)
-    dpid = DPID(model, cfg)
-    sampler = TrainBatchSampler.from_dataset(
-        data, batch_size=cfg.data.batch_size, max_seqlen=cfg.data.max_seqlen,
-        n_similar=cfg.data.n_similar, seed=0)
-    rng = np.random.default_rng(0)
+    data, device, text, dpid, sampler, rng = scaling.step_setup(cfg)
     cuda = device.type == "cuda"
 
     def iterate(first: int, count: int) -> None:

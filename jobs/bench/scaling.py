@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 TESTS = Path(__file__).resolve().parents[2] / "tests"
 
@@ -110,26 +111,33 @@ def step_overrides(length: int, job: dict) -> list[str]:
     return out + job["overrides"]
 
 
-def run_step(job: dict) -> dict:
+def step_setup(cfg: Any) -> tuple:
+    """What a DPID step needs, seeded with 0 as the training loop seeds it: ``(dataset,
+    device, text bundle, DPID, batch sampler, numpy rng)``."""
     import numpy as np
-    from mllm4wtal.config import load_config
     from mllm4wtal.data.batching import TrainBatchSampler
     from mllm4wtal.data.load import load_from_config
     from mllm4wtal.text.bundle import build_text_bundle
     from mllm4wtal.train.dpid import DPID
-    from mllm4wtal.train.loop import build_model, make_batch, resolve_device, seed_everything
+    from mllm4wtal.train.loop import build_model, resolve_device, seed_everything
 
-    cfg = load_config("synthetic", step_overrides(job["length"], job))
     data = load_from_config(cfg.data)
     seed_everything(0)
     device = resolve_device(cfg.train.device)
     text = build_text_bundle(cfg, data)
-    model = build_model(cfg, data, text).to(device)
-    dpid = DPID(model, cfg)
+    dpid = DPID(build_model(cfg, data, text).to(device), cfg)
     sampler = TrainBatchSampler.from_dataset(
         data, batch_size=cfg.data.batch_size, max_seqlen=cfg.data.max_seqlen,
         n_similar=cfg.data.n_similar, seed=0)
-    rng = np.random.default_rng(0)
+    return data, device, text, dpid, sampler, np.random.default_rng(0)
+
+
+def run_step(job: dict) -> dict:
+    from mllm4wtal.config import load_config
+    from mllm4wtal.train.loop import make_batch
+
+    cfg = load_config("synthetic", step_overrides(job["length"], job))
+    data, device, text, dpid, sampler, rng = step_setup(cfg)
     batches = [make_batch(cfg, data, sampler, text, rng).to(device)
                for _ in range(job["warmup"] + job["steps"])]
     times = []
