@@ -20,7 +20,8 @@ from mllm4wtal.config import leaf_fields, load_config, parse_override
 from mllm4wtal.errors import UserError
 from mllm4wtal.report.build import make_report
 from mllm4wtal.report.collect import read_experiment
-from mllm4wtal.report.tables import build_table, to_csv, to_latex, to_markdown
+from mllm4wtal.report.render import to_csv, to_latex, to_markdown
+from mllm4wtal.report.tables import build_table
 from mllm4wtal.sweep.ablate import run_ablation
 from mllm4wtal.sweep.study_file import StudyError, column_tious, load_study, parse_seeds
 from scipy import stats

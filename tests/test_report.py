@@ -20,6 +20,7 @@ from mllm4wtal.config import parse_override
 from mllm4wtal.errors import UserError
 from mllm4wtal.report.build import make_report
 from mllm4wtal.report.collect import read_experiment
+from mllm4wtal.report.render import to_csv, to_latex, to_markdown
 from mllm4wtal.report.stats import paired_ttest, summarize
 from mllm4wtal.report.summary import write_sweep_summary
 from mllm4wtal.report.sweep_data import (
@@ -28,15 +29,7 @@ from mllm4wtal.report.sweep_data import (
     sweep_rungs,
     sweep_study,
 )
-from mllm4wtal.report.tables import (
-    Row,
-    Table,
-    column_label,
-    column_value,
-    to_csv,
-    to_latex,
-    to_markdown,
-)
+from mllm4wtal.report.tables import Row, Table, column_label, column_value
 from mllm4wtal.sweep import runner
 from scipy import stats
 

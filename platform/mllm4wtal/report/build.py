@@ -19,8 +19,9 @@ from typing import Any
 
 from mllm4wtal.report.collect import ExperimentData, read_experiment
 from mllm4wtal.report.plots import plot_map_curves, plot_timelines
+from mllm4wtal.report.render import to_csv, to_latex, to_markdown
 from mllm4wtal.report.sweep_plots import plot_sweep
-from mllm4wtal.report.tables import Table, build_table, to_csv, to_latex, to_markdown
+from mllm4wtal.report.tables import Table, build_table
 from mllm4wtal.sweep.mlflow_tags import SCORE_TAG
 
 logger = logging.getLogger(__name__)
