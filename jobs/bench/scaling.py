@@ -16,8 +16,9 @@ and on CUDA also ``torch.cuda.max_memory_allocated``.
 
 ``--compare-reference`` times, per N, today's evaluation pass against the pass before issue
 15 (``tests/proposals_reference.py``: batches of 16 in dataset order, the whole video branch,
-the proposal loop) in one process, checks that both give the same predictions and mAP, and
-times the proposals alone on the same model outputs.
+the proposal loop) in one process, wall and CPU time (CPU time varies less on a shared
+machine), checks that both give the same predictions and mAP, and times the proposals alone
+on the same model outputs.
 
     .venv/bin/python jobs/bench/scaling.py                      # the full table (minutes)
     .venv/bin/python jobs/bench/scaling.py --compare-reference --videos 200 1000 5000
@@ -212,19 +213,20 @@ def run_compare(job: dict) -> dict:
                                                     cfg.inference.topk_divisor)
             inputs += [SnippetScores(cas, act, v.fps, v.duration, scores)
                        for v, (cas, act, scores) in zip(chunk, scored, strict=True)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     new_result, new_predictions = evaluate_module.evaluate_model(model, data, cfg, device)
-    t_new = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_new, c_new = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     ref_result, ref_predictions = reference.evaluate_model(model, data, cfg, device)
-    t_ref = time.perf_counter() - t0
+    t_ref, c_ref = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     new = list(generate_proposals_many(inputs, pcfg, fps))
     p_new = time.perf_counter() - t0
     t0 = time.perf_counter()
     ref = list(reference.generate_proposals_many(inputs, pcfg, fps))
     p_ref = time.perf_counter() - t0
-    return {"pass_new": t_new, "pass_ref": t_ref, "proposals_new": p_new, "proposals_ref": p_ref,
+    return {"pass_new": t_new, "pass_ref": t_ref, "cpu_new": c_new, "cpu_ref": c_ref,
+            "proposals_new": p_new, "proposals_ref": p_ref,
             "same_predictions": new_predictions == ref_predictions,
             "same_map": new_result.flat_metrics() == ref_result.flat_metrics(),
             "same_proposals": new == ref, "proposals": sum(map(len, new)),
@@ -323,7 +325,8 @@ def main() -> None:
                 same = r["same_predictions"] and r["same_map"] and r["same_proposals"]
                 print(f"| {'pass':8} | {f'{n} videos':>12} | {r['pass_new']:8.2f} | "
                       f"{'-':>12} | {'-':>10} | reference loop {r['pass_ref']:.2f} s: "
-                      f"{r['pass_ref'] / r['pass_new']:.1f}x; proposals alone "
+                      f"{r['pass_ref'] / r['pass_new']:.1f}x (CPU time {r['cpu_new']:.2f} s vs "
+                      f"{r['cpu_ref']:.2f} s: {r['cpu_ref'] / r['cpu_new']:.1f}x); proposals alone "
                       f"{r['proposals_new']:.2f} s vs {r['proposals_ref']:.2f} s: "
                       f"{r['proposals_ref'] / r['proposals_new']:.1f}x; "
                       f"{'identical' if same else 'DIFFERENT'} proposals and mAP "

@@ -35,6 +35,7 @@ import numpy as np
 
 from mllm4wtal.evaluation.io import (
     EvaluationInputError,
+    GroundTruthArrays,
     check_tious,
     load_ground_truth,
     load_predictions,
@@ -159,24 +160,41 @@ def evaluate_detection(ground_truth: dict, predictions: dict, tious: Sequence[fl
     thr = check_tious(tious)
     gt = parse_ground_truth(ground_truth, subset=subset)
     pred = parse_predictions(predictions)
+    vidx = {v: i for i, v in enumerate(gt.videos)}
+    p_video = np.fromiter((vidx.get(v, -1) for v in pred.video), dtype=np.int64,
+                          count=len(pred.video))
+    names: dict[str, int] = {}
+    p_label = np.fromiter((names.setdefault(lab, len(names)) for lab in pred.label),
+                          dtype=np.int64, count=len(pred.label))
+    return evaluate_indexed(gt, p_video, p_label, list(names), pred.segment, pred.score, thr,
+                            subset)
+
+
+def evaluate_indexed(gt: GroundTruthArrays, pred_video: np.ndarray, pred_label: np.ndarray,
+                     label_names: Sequence[str], pred_segment: np.ndarray,
+                     pred_score: np.ndarray, tious: Sequence[float],
+                     subset: str | None = None) -> DetectionResult:
+    """:func:`evaluate_detection` of parsed ground truth and predictions given as arrays in
+    input order: ``pred_video`` indexes ``gt.videos`` (-1: a video without ground truth),
+    ``pred_label`` indexes ``label_names``; segments (P, 2) and scores as
+    ``parse_predictions`` returns them (checked)."""
+    thr = check_tious(tious)
     classes = sorted(set(gt.label))
     if not classes:
         where = f" of subset '{subset}'" if subset is not None else ""
         raise EvaluationInputError(f"ground truth{where} has no annotations: nothing to "
                                    "evaluate against")
     cidx = {c: i for i, c in enumerate(classes)}
-    vidx = {v: i for i, v in enumerate(gt.videos)}
-
-    p_class = np.fromiter((cidx.get(lab, -1) for lab in pred.label), dtype=np.int64,
-                          count=len(pred.label))
-    p_video = np.fromiter((vidx.get(v, -1) for v in pred.video), dtype=np.int64,
-                          count=len(pred.video))
+    class_of_label = np.array([cidx.get(lab, -1) for lab in label_names] or [-1],
+                              dtype=np.int64)
+    p_class = class_of_label[pred_label]
+    p_video = np.asarray(pred_video, dtype=np.int64)
     keep = p_class >= 0
     n_unknown_video = int(np.count_nonzero(keep & (p_video < 0)))
     g_class = np.fromiter((cidx[lab] for lab in gt.label), dtype=np.int64, count=len(gt.label))
     ap = average_precision_matrix(
-        gt.video, g_class, gt.segment, p_video[keep], p_class[keep], pred.segment[keep],
-        pred.score[keep], len(classes), len(gt.videos), thr)
+        gt.video, g_class, gt.segment, p_video[keep], p_class[keep], pred_segment[keep],
+        pred_score[keep], len(classes), len(gt.videos), thr)
     # the official indexes classes by first appearance in the ground truth and averages
     # in that order: another order changes the last bits of mAP
     first_seen = np.array([cidx[lab] for lab in dict.fromkeys(gt.label)], dtype=np.int64)

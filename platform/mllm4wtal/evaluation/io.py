@@ -184,8 +184,7 @@ def parse_predictions(data: Any, source: str | None = None) -> PredictionArrays:
         except OverflowError:  # an integer beyond the float range: named below
             plain = False
         else:
-            plain = bool(np.isfinite(seg_arr).all() and (seg_arr[:, 0] >= 0).all()
-                         and (seg_arr[:, 1] > seg_arr[:, 0]).all() and np.isfinite(score_f).all())
+            plain = predictions_valid(seg_arr, score_f)
     if not plain:
         for k, key in enumerate(_prediction_keys(data["results"])):
             score = scores[k]
@@ -208,6 +207,13 @@ def parse_predictions(data: Any, source: str | None = None) -> PredictionArrays:
         except OverflowError:  # beyond int64 pandas would not make an int64 column either
             pass
     return PredictionArrays(video=vids, segment=seg_arr, label=labels, score=score_arr)
+
+
+def predictions_valid(segment: np.ndarray, score: np.ndarray) -> bool:
+    """Whether float64 prediction segments (P, 2) and scores pass every check of
+    :func:`parse_predictions`: finite, 0 <= start < end."""
+    return bool(np.isfinite(segment).all() and (segment[:, 0] >= 0).all()
+                and (segment[:, 1] > segment[:, 0]).all() and np.isfinite(score).all())
 
 
 def _finite(x: Any) -> bool:

@@ -13,22 +13,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from mllm4wtal.config import Config, from_flat, parse_override, to_flat
 from mllm4wtal.data.batching import pad_batch
 from mllm4wtal.data.load import load_from_config
 from mllm4wtal.data.splits import assign_roles
-from mllm4wtal.data.types import WTALDataset
+from mllm4wtal.data.types import Video, WTALDataset
 from mllm4wtal.errors import UserError
 from mllm4wtal.evaluation import DetectionResult, average_metric_name, evaluate_detection
-from mllm4wtal.inference import (
+from mllm4wtal.evaluation.detection import evaluate_indexed
+from mllm4wtal.evaluation.io import parse_ground_truth, predictions_valid
+from mllm4wtal.inference.proposals import (
     ProposalConfig,
     SnippetScores,
-    generate_proposals_many,
-    remove_ambiguous,
-    results_json,
+    VideoProposals,
+    generate_proposal_arrays,
+    overlaps_ambiguous,
+    results_json_arrays,
 )
-from mllm4wtal.model.losses import topk_mean
+from mllm4wtal.model.losses import topk_k
 from mllm4wtal.model.mllm4wtal import MLLM4WTAL
 from mllm4wtal.text.tensors import TextTensors
 from mllm4wtal.train.checkpoint import load_checkpoint
@@ -59,8 +63,21 @@ def check_inference(cfg: Config) -> None:
         raise UserError(NO_LOC_HEAD)
 
 
+def topk_mean(x: Tensor, mask: Tensor, divisor: int) -> Tensor:
+    """``model.losses.topk_mean`` (mean of the top-k values over time of x (B, T, C), k per
+    video) for inference, bit for bit: the k largest by ``topk`` on the contiguous time axis
+    instead of a full sort along the strided one, summed by the same ``cumsum`` (float64
+    running sums, in decreasing order) and divided alike."""
+    k = topk_k(mask, divisor)  # (B,)
+    filled = x.masked_fill(~mask[..., None], float("-inf")).transpose(1, 2)  # (B, C, T)
+    ranked = filled.contiguous().topk(int(k.max()), dim=2).values
+    ranked = ranked.masked_fill(torch.isinf(ranked), 0.0)  # only beyond k_i, never summed
+    idx = (k - 1).view(-1, 1, 1).expand(-1, x.shape[2], 1)
+    return ranked.cumsum(2).gather(2, idx).squeeze(2) / k[:, None].to(x.dtype)
+
+
 @torch.no_grad()
-def snippet_scores(model: MLLM4WTAL, features: torch.Tensor, mask: torch.Tensor, source: str,
+def snippet_scores(model: MLLM4WTAL, features: Tensor, mask: Tensor, source: str,
                    topk: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per video of a padded batch: (cas (T, C) logits, actionness, video scores (C,))."""
     if source == "loc_head":
@@ -74,11 +91,9 @@ def snippet_scores(model: MLLM4WTAL, features: torch.Tensor, mask: torch.Tensor,
         cas = out.cas.float()[..., : model.num_classes]
         act = out.attention.float()
         scores = torch.softmax(topk_mean(out.cas.float(), mask, topk), -1)[:, : model.num_classes]
-    res = []
-    for i in range(features.shape[0]):
-        n = int(mask[i].sum())
-        res.append((cas[i, :n].cpu().numpy(), act[i, :n].cpu().numpy(), scores[i].cpu().numpy()))
-    return res
+    cas, act, scores = cas.cpu().numpy(), act.cpu().numpy(), scores.cpu().numpy()
+    lengths = mask.sum(1).tolist()
+    return [(cas[i, :n], act[i, :n], scores[i]) for i, n in enumerate(lengths)]
 
 
 def evaluate_model(model: MLLM4WTAL, dataset: WTALDataset, cfg: Config, device: torch.device,
@@ -92,29 +107,53 @@ def evaluate_model(model: MLLM4WTAL, dataset: WTALDataset, cfg: Config, device: 
     proposals; this way a pass gives the same numbers as every pass before it."""
     was_training = model.training
     model.eval()
-    pcfg = proposal_config(cfg)
     videos = assign_roles(dataset, cfg.data).role(role)
+    try:
+        per_video = _propose(model, videos, dataset, cfg, device, batch_size)
+    finally:
+        model.train(was_training)
+    predictions = results_json_arrays(per_video, dataset.classes, version=dataset.name)
+    ground_truth = dataset.ground_truth(videos=videos)
+    props = list(per_video.values())
+    if not props:
+        return evaluate_detection(ground_truth, predictions, cfg.eval.tious), predictions
+    segment = np.stack([np.concatenate([p.start for p in props]),
+                        np.concatenate([p.end for p in props])], axis=1)
+    score = np.concatenate([p.score for p in props])
+    if not predictions_valid(segment, score):  # let the parser name the offending item
+        return evaluate_detection(ground_truth, predictions, cfg.eval.tious), predictions
+    gt = parse_ground_truth(ground_truth)
+    vidx = {v: i for i, v in enumerate(gt.videos)}
+    video = np.repeat([vidx.get(name, -1) for name in per_video], [len(p) for p in props])
+    label = np.concatenate([p.label for p in props])
+    result = evaluate_indexed(gt, video, label, dataset.classes, segment, score,
+                              cfg.eval.tious)
+    return result, predictions
+
+
+def _propose(model: MLLM4WTAL, videos: list[Video], dataset: WTALDataset, cfg: Config,
+             device: torch.device, batch_size: int) -> dict[str, VideoProposals]:
+    """The proposals of each video (ambiguous ones removed where configured), as arrays."""
     batches = [videos[b:b + batch_size] for b in range(0, len(videos), batch_size)]
+    source, topk = cfg.inference.source, cfg.inference.topk_divisor
 
     def scored() -> Iterator[SnippetScores]:  # lazily, batch by batch
         for chunk in batches:
             features, mask = pad_batch([v.features for v in chunk])
-            outputs = snippet_scores(model, features.to(device), mask.to(device),
-                                     cfg.inference.source, cfg.inference.topk_divisor)
+            outputs = snippet_scores(model, features.to(device), mask.to(device), source,
+                                     topk)
             for v, (cas, act, scores) in zip(chunk, outputs, strict=True):
                 yield SnippetScores(cas, act, v.fps, v.duration, scores)
 
     per_video = {}
-    proposals = generate_proposals_many(scored(), pcfg, dataset.frames_per_snippet)
+    proposals = generate_proposal_arrays(scored(), proposal_config(cfg),
+                                         dataset.frames_per_snippet)
     for v, props in zip(videos, proposals, strict=True):
-        if cfg.inference.remove_ambiguous:
-            props = remove_ambiguous(props, dataset.ambiguous.get(v.name, []))
+        ambiguous = dataset.ambiguous.get(v.name, []) if cfg.inference.remove_ambiguous else []
+        if ambiguous:
+            props = props.keep(~overlaps_ambiguous(props.start, props.end, ambiguous))
         per_video[v.name] = props
-    model.train(was_training)
-    predictions = results_json(per_video, dataset.classes, version=dataset.name)
-    result = evaluate_detection(dataset.ground_truth(videos=videos), predictions,
-                                cfg.eval.tious)
-    return result, predictions
+    return per_video
 
 
 class ModelEvaluator:

@@ -149,6 +149,28 @@ def generate_proposals(cas: np.ndarray, actionness: np.ndarray, fps: float,
 CHUNK_SNIPPETS = 1 << 20  # class sequences proposed at once, in snippets (bounds memory)
 
 
+@dataclass(frozen=True)
+class VideoProposals:
+    """The proposals of one video as arrays, in the order :func:`generate_proposals` lists
+    them: class indices (int64), start and end in seconds and scores (float64)."""
+
+    label: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def to_list(self) -> list[Proposal]:
+        return list(map(Proposal, self.label.tolist(), self.start.tolist(), self.end.tolist(),
+                        self.score.tolist()))
+
+    def keep(self, which: np.ndarray) -> VideoProposals:
+        return VideoProposals(self.label[which], self.start[which], self.end[which],
+                              self.score[which])
+
+
 def generate_proposals_many(videos: Iterable[SnippetScores], config: ProposalConfig,
                             frames_per_snippet: int = 16) -> Iterator[list[Proposal]]:
     """:func:`generate_proposals` of each video, in order (the same proposals): the
@@ -156,6 +178,13 @@ def generate_proposals_many(videos: Iterable[SnippetScores], config: ProposalCon
 
     ``videos`` is read lazily, a chunk of about ``CHUNK_SNIPPETS`` snippets of selected
     classes at a time, so it may be a generator (e.g. over the batches of a model)."""
+    for video in generate_proposal_arrays(videos, config, frames_per_snippet):
+        yield video.to_list()
+
+
+def generate_proposal_arrays(videos: Iterable[SnippetScores], config: ProposalConfig,
+                             frames_per_snippet: int = 16) -> Iterator[VideoProposals]:
+    """:func:`generate_proposals_many` as arrays per video (no Proposal objects)."""
     chunk: list[_Prepared] = []
     size = 0
     for video in videos:
@@ -218,7 +247,7 @@ def _prepare(video: SnippetScores, config: ProposalConfig) -> _Prepared:
 
 
 def _propose(videos: list[_Prepared], config: ProposalConfig, frames_per_snippet: int
-             ) -> list[list[Proposal]]:
+             ) -> list[VideoProposals]:
     """Runs of every threshold in every class sequence, scored, in seconds, soft-NMS per
     class, sorted per video: the loop of the one-video recipe, as array operations."""
     # one row per (video, selected class): its sequences laid end to end, separators between
@@ -256,12 +285,12 @@ def _propose(videos: list[_Prepared], config: ProposalConfig, frames_per_snippet
     order = by_score[np.argsort(video[by_score], kind="stable")]
     kept, kept_score, video = kept[order], kept_score[order], video[order]
     bounds = np.searchsorted(video, np.arange(len(videos) + 1))
-    made = list(map(Proposal, label[row[kept]].tolist(), t0[kept].tolist(), t1[kept].tolist(),
-                    kept_score.tolist()))
+    label, t0, t1 = label[row[kept]], t0[kept], t1[kept]
     out = []
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         lo, hi, _ = slice(None, config.max_proposals).indices(b - a)
-        out.append(made[a + lo:a + max(lo, hi)])
+        part = slice(a + lo, a + max(lo, hi))
+        out.append(VideoProposals(label[part], t0[part], t1[part], kept_score[part]))
     return out
 
 
@@ -270,9 +299,18 @@ def remove_ambiguous(proposals: list[Proposal], ambiguous: list[tuple[float, flo
     """Drop proposals that overlap a THUMOS14 ambiguous segment (``Ambiguous_test.txt``)."""
     if not ambiguous:
         return proposals
-    amb = np.asarray(ambiguous, dtype=np.float64)
-    return [p for p in proposals
-            if not np.any((np.minimum(p.end, amb[:, 1]) - np.maximum(p.start, amb[:, 0])) > 0)]
+    start = np.array([p.start for p in proposals], dtype=np.float64)
+    end = np.array([p.end for p in proposals], dtype=np.float64)
+    clear = ~overlaps_ambiguous(start, end, ambiguous)
+    return [p for p, keep in zip(proposals, clear.tolist(), strict=True) if keep]
+
+
+def overlaps_ambiguous(start: np.ndarray, end: np.ndarray,
+                       ambiguous: list[tuple[float, float]]) -> np.ndarray:
+    """Per segment: whether it overlaps (positive intersection) an ambiguous segment."""
+    amb = np.asarray(ambiguous, dtype=np.float64).reshape(-1, 2)
+    inter = np.minimum(end[:, None], amb[:, 1]) - np.maximum(start[:, None], amb[:, 0])
+    return (inter > 0).any(axis=1)
 
 
 def results_json(per_video: dict[str, list[Proposal]], classes: list[str],
@@ -285,3 +323,15 @@ def results_json(per_video: dict[str, list[Proposal]], classes: list[str],
                     for v, props in per_video.items()},
         "external_data": {},
     }
+
+
+def results_json_arrays(per_video: dict[str, VideoProposals], classes: list[str],
+                        version: str = "mllm4wtal") -> dict:
+    """:func:`results_json` of proposals held as arrays (the same dict)."""
+    results = {}
+    for v, props in per_video.items():
+        names = [classes[c] for c in props.label.tolist()]
+        results[v] = [{"label": n, "segment": [a, b], "score": s} for n, a, b, s in
+                      zip(names, props.start.tolist(), props.end.tolist(),
+                          props.score.tolist(), strict=True)]
+    return {"version": version, "results": results, "external_data": {}}
