@@ -35,10 +35,11 @@ def tiny_data(tiny_cfg):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """One in-process Ray (2 CPUs) for the tests of a module."""
+    """One in-process Ray (2 CPUs) for the tests of a module, started as the commands start
+    theirs (private, on 127.0.0.1, its own token)."""
     import ray
+    from mllm4wtal.ray_session import start_ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    start_ray(num_cpus=2)
     yield
     ray.shutdown()

@@ -40,6 +40,7 @@ from mllm4wtal.describe.check import check_store, format_check
 from mllm4wtal.describe.job import load_describe_dataset, run_describe
 from mllm4wtal.describe.writer import store_lock
 from mllm4wtal.errors import UserError
+from mllm4wtal.ray_session import start_ray
 from mllm4wtal.text.prompts import format_prompt
 from mllm4wtal.text.store import (
     DescriptionRecord,
@@ -459,7 +460,7 @@ def test_ray_actor_pool_two_cpu_actors(tiny_data, tmp_path):
     ray = pytest.importorskip("ray")
     out = tmp_path / "d.jsonl"
     notes: list[str] = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray(num_cpus=2)
     try:
         s = run(tiny_data, out, BackendSpec("template"), use_ray=True, actors=2, num_cpus=1,
                 echo=notes.append)

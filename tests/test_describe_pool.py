@@ -12,6 +12,7 @@ import pytest
 from mllm4wtal.describe.backends import BackendSpec, FatalBackendError
 from mllm4wtal.describe.job import run_describe
 from mllm4wtal.errors import UserError
+from mllm4wtal.ray_session import start_ray
 from mllm4wtal.text.store import needed_pairs, read_store
 
 COUNTING = "describe_helpers:CountingBackend"
@@ -21,8 +22,7 @@ COUNTING = "describe_helpers:CountingBackend"
 def ray_with_helpers():
     """An in-process Ray whose actors can import describe_helpers (the counting backend)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
+    start_ray(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
     yield
     ray.shutdown()
 

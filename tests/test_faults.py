@@ -14,7 +14,6 @@ import pkgutil
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 import typing
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from mllm4wtal.errors import DivergenceError, UserError
 from mllm4wtal.sweep import runner
 from mllm4wtal.sweep.faults import SpaceReserve, storage_fault, traceback_reason
 from mllm4wtal.sweep.search import load_study
+from sweep_checks import child_runs, statuses, sweep_cli
 
 #: sample arguments, by annotation, for errors whose ``__init__`` is not the message alone
 SAMPLES: dict[object, object] = {int: 2, float: float("inf"), str: "focal"}
@@ -161,30 +161,6 @@ def space_file(tmp_path: Path, name: str, iterations: int, **changes: object) ->
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
-
-
-def child_runs(client: mlflow.MlflowClient, experiment: str) -> dict[str, mlflow.entities.Run]:
-    exp = client.get_experiment_by_name(experiment)
-    return {r.data.tags["trial_id"]: r for r in client.search_runs([exp.experiment_id])
-            if "mlflow.parentRunId" in r.data.tags}
-
-
-def sweep_cli() -> list[str]:
-    script = Path(sys.executable).with_name("mllm4wtal")  # .venv/bin/mllm4wtal, as the README
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mllm4wtal.cli"]
-
-
-def statuses(uri: str, experiment: str) -> tuple[str, dict[str, str], dict[str, str]]:
-    """The parent's status (and ``error`` tag), each child's status and its ``error`` tag."""
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id])
-    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parent) == 1
-    kids = child_runs(client, experiment)
-    return (parent[0].info.status + " " + parent[0].data.tags.get("error", ""),
-            {t: r.info.status for t, r in kids.items()},
-            {t: r.data.tags.get("error", "") for t, r in kids.items()})
 
 
 @pytest.mark.slow

@@ -1,118 +1,87 @@
-"""`ray job submit` of the quickstart sweep against a cluster started with `ray start --head`
-on 127.0.0.1, with token authentication; only the Ray this test started is stopped."""
+"""The README's cluster commands ("On a cluster: `ray job submit`"), run literally with bash in
+an environment holding only PATH (the venv's bin first, as an activated venv has it), a fresh
+HOME and what the README sets: a token-auth head on 127.0.0.1, a sweep submitted to it that
+succeeds, tagged with the checkout's commit and dirty flag; a missing or wrong token refused
+in one line naming the variable to set.
+
+What the test changes, and why: the port numbers only (free ones: other Rays run on this
+machine), flags of the kinds the README shows being passed (`--space-set`, `--set`) to keep the
+sweep tiny, and TMPDIR (Ray's temp dir goes under it, not into the machine's shared /tmp/ray;
+no part of the commands). The head it started is stopped by PID, never with `ray stop`.
+"""
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import mlflow
 import pytest
 from conftest import TINY
+from mllm4wtal.sweep.mlflow_names import GIT_COMMIT_ENV, GIT_DIRTY_ENV, git_state
+from readme_cluster import ROOT, clean_env, git, readme_commands, with_ports
 
-pytestmark = pytest.mark.slow  # minutes of Ray trials
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# the sweep, shrunk through the flags the README's submit line passes (--space-set, --set)
+SHRINK = [f"--set {o}" for o in TINY] + [
+    f"--space-set {o}" for o in ("trials.num_samples=2", "trials.max_concurrent=2",
+                                 "scheduler.grace_period=2", "scheduler.max_t=4",
+                                 "searcher.n_startup_trials=1")]
 
 
-@pytest.fixture
-def ray_head():
-    temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # unix sockets: keep it short
-    port, dash = free_port(), free_port()
-    # every port of its own: other Rays on this machine (other tests, a user's) keep theirs
-    ports = [f"--{flag}={free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port",
-        "object-manager-port")]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-                    f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                    "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0",
-                    f"--temp-dir={temp}", "--disable-usage-stats", *ports],
-                   env=env, check=True, capture_output=True, timeout=120)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        # the job agent comes up a little after `ray start` returns
-        for _ in range(30):
-            ready = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address,
-                                    "--", "echo", "ready"], env=env, capture_output=True,
-                                   text=True, timeout=120)
-            if ready.returncode == 0:
-                break
-            time.sleep(2)
-        else:
-            pytest.fail(f"the Ray job server never accepted a job: {ready.stderr[-2000:]}")
-        yield address, env
-    finally:  # not `ray stop`, which would stop every Ray of this machine
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in processes_mentioning(str(temp)):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + 15
-            while processes_mentioning(str(temp)) and time.time() < deadline:
-                time.sleep(0.5)
-        shutil.rmtree(temp, ignore_errors=True)
+def test_git_state_from_the_submitter(tmp_path, monkeypatch):
+    """Where there is no .git (a job's working directory), the commit the submitter passed;
+    a checkout, where there is one, wins."""
+    commit = git("rev-parse", "HEAD").strip()
+    monkeypatch.setenv(GIT_COMMIT_ENV, commit)
+    monkeypatch.setenv(GIT_DIRTY_ENV, "false")
+    git_state.cache_clear()
+    assert git_state(tmp_path) == (commit, "false")
+    monkeypatch.setenv(GIT_COMMIT_ENV, "not-a-commit")
+    git_state.cache_clear()
+    assert git_state(tmp_path) == ("unknown", "unknown")
+    assert git_state(ROOT)[0] == commit
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains ``text`` (the Ray processes of one temp dir)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                if text.encode() in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
+@pytest.mark.cluster
+@pytest.mark.slow  # a Ray head, a job and its trials: a few minutes
+def test_readme_cluster_commands():
+    commands, ports = with_ports(readme_commands())
+    submit = commands[-1]
+    assert "jobs/submit_sweep.sh" in submit and "--space-set" in submit and "--set" in submit
+    commands[-1] = submit = f"{submit} {' '.join(SHRINK)}"
+    commit, dirty = git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain").strip())
+    with clean_env() as (env, home):
+        out = subprocess.run(["bash", "-e", "-c", "\n".join(commands)], cwd=ROOT, env=env,
+                             timeout=900, capture_output=True, text=True)
+        log = out.stdout + out.stderr
+        assert out.returncode == 0, log[-6000:]
+        assert "succeeded" in log, log[-6000:]
 
+        # the job wrote where the script told it (~/mllm4wtal/sweeps), not into its temporary
+        # working directory
+        storage = home / "mllm4wtal" / "sweeps"
+        client = mlflow.MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("quickstart")
+        runs = client.search_runs([experiment.experiment_id])
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert len(runs) == 3 and len(parents) == 1
+        assert all(r.info.status == "FINISHED" for r in runs)
+        # the job's copy of the code has no .git: the commit came through the runtime env
+        tags = parents[0].data.tags
+        assert tags["git_commit"] == commit and tags["git_dirty"] == str(dirty).lower(), tags
 
-def test_ray_job_submit_quickstart(tmp_path, ray_head):
-    address, env = ray_head
-    storage = tmp_path / "sweeps"
-    tiny = [a for o in TINY + ["train.iterations=4", "train.eval_interval=2",
-                               f"text.cache_dir={tmp_path / 'cache'}"]
-            for a in ("--set", o)]
-    shrink = [a for o in ["trials.num_samples=3", "trials.max_concurrent=2",
-                          "scheduler.grace_period=2", "scheduler.max_t=4",
-                          "searcher.n_startup_trials=2"] for a in ("--space-set", o)]
-    # without the token the cluster refuses the job
-    bad = {**env, "RAY_AUTH_TOKEN": "wrong"}
-    refused = subprocess.run([str(ROOT / "jobs" / "submit_sweep.sh")], cwd=ROOT, timeout=120,
-                             env={**bad, "RAY_ADDRESS": address}, capture_output=True,
-                             text=True)
-    assert refused.returncode != 0
-    out = subprocess.run(
-        [str(ROOT / "jobs" / "submit_sweep.sh"), "search_spaces/quickstart.yaml", *tiny,
-         *shrink], cwd=ROOT, timeout=600, capture_output=True, text=True,
-        env={**env, "RAY_ADDRESS": address, "MLLM4WTAL_STORAGE": str(storage)})
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-6000:]
-    assert "succeeded" in log and "mlflow ui --backend-store-uri" in log, log[-6000:]
-    # the job wrote where it was told, not into its temporary working directory
-    exp = storage / "quickstart"
-    client = mlflow.MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("quickstart")
-    runs = client.search_runs([experiment.experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(runs) == 4 and len(children) == 3
-    assert all(r.info.status == "FINISHED" for r in runs)
-    assert (exp / "summary" / "best_config.yaml").is_file()
+        # the same submit line with a wrong token, or with none, is refused in one line
+        for extra, says in (({"RAY_AUTH_TOKEN": "0" * 32}, "refused this client's token"),
+                            ({"HOME": str(home / "nobody")}, "has no token")):
+            refused = subprocess.run(["bash", "-e", "-c", submit], cwd=ROOT, timeout=180,
+                                     env={**env, **extra}, capture_output=True, text=True)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert refused.stderr.startswith("submit_sweep.sh: error: "), refused.stderr
+            assert refused.stderr.count("\n") == 1 and says in refused.stderr
+            assert "set RAY_AUTH_TOKEN" in refused.stderr
+        # and submitted nothing: the cluster ran one job
+        jobs = subprocess.run(["ray", "job", "list", "--address",
+                               f"http://127.0.0.1:{ports[8265]}"], cwd=ROOT, timeout=120,
+                              env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True,
+                              text=True)
+        assert jobs.returncode == 0, jobs.stderr[-2000:]
+        assert jobs.stdout.count("submission_id='raysubmit_") == 1, jobs.stdout[-3000:]

@@ -10,16 +10,14 @@ import socket
 import subprocess
 from pathlib import Path
 
-import torch
 import yaml
-from mllm4wtal.sweep import runner
+from mllm4wtal.sweep import preflight, runner
 from mllm4wtal.sweep.preflight import Capacity, capacity, resources_problems
 from mllm4wtal.sweep.spaces.sections import ResourcesSpec, StudyTrials
 from test_sweep import space_file
 
 ROOT = Path(__file__).resolve().parents[1]
-CPUS = os.cpu_count() or 1
-GPUS = torch.cuda.device_count()
+CPUS, GPUS = (int(n) for n in preflight.local_resources())  # what a private Ray gets
 
 
 def sweep(*args: str, cwd: Path, env: dict[str, str] | None = None
@@ -131,16 +129,16 @@ def test_a_study_directory_is_refused_to_a_sweep(tmp_path):
     assert [p.name for p in exp.iterdir()] == [runner.STUDY_COPY]
 
 
-def test_on_a_cluster_resources_are_left_to_the_start(tmp_path):
-    """With RAY_ADDRESS the cluster is only known once the sweep joins it: --check does not
-    connect (the address here answers nothing) and says so."""
+def test_on_a_cluster_check_asks_the_cluster_and_a_dead_one_is_one_line(tmp_path):
+    """With RAY_ADDRESS, --check connects to the cluster to measure its nodes; where nothing
+    answers it says so in one line (exit 2) and writes nothing."""
     address = f"127.0.0.1:{closed_port()}"
     path = edited(space_file(tmp_path, "remote"), resources={"cpu": CPUS + 64, "gpu": 0})
     proc = sweep(str(path), "--check", cwd=tmp_path, env={"RAY_ADDRESS": address})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == (
-        f"  resources: {CPUS + 64} CPUs + 0 GPUs per trial, checked when the sweep joins the "
-        f"Ray cluster at {address} (Ray warns after 60 s when no node can hold a trial)")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0], proc.stderr
+    assert not (tmp_path / "sweeps").exists()
 
 
 def test_check_of_a_resume_accepts_its_own_directory(tmp_path):

@@ -18,6 +18,7 @@ import yaml
 from conftest import TINY
 from mllm4wtal.config import parse_override
 from mllm4wtal.errors import UserError
+from mllm4wtal.ray_session import start_ray
 from mllm4wtal.report.build import make_report
 from mllm4wtal.report.collect import read_experiment
 from mllm4wtal.report.render import to_csv, to_latex, to_markdown
@@ -130,8 +131,7 @@ def sweep(tmp_path_factory):
            "storage": {"path": str(root / "sweeps")}}
     path = root / "sw.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    start_ray(num_cpus=2)
     try:
         space = runner.load(path, [])
         runner.claim(space, [])

@@ -9,13 +9,8 @@ import optuna
 import pytest
 import ray
 from mllm4wtal.errors import UserError
-from mllm4wtal.sweep import search
-from mllm4wtal.sweep.search import (
-    TESTED_RAY,
-    OptunaSearchState,
-    PruningAwareOptunaSearch,
-    check_ray_version,
-)
+from mllm4wtal.ray_session import TESTED_RAY, check_ray_version
+from mllm4wtal.sweep.search import OptunaSearchState, PruningAwareOptunaSearch
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -48,9 +43,9 @@ def test_untested_ray_refused_with_what_to_do(version):
 
 
 def test_searcher_refuses_an_untested_ray_before_any_trial(monkeypatch):
-    monkeypatch.setattr(search.ray, "__version__", "2.99.0")
-    with pytest.raises(UserError, match=r"internals of Ray 2\.60\.x's OptunaSearch, and Ray "
-                                        r"2\.99\.0 is installed"):
+    monkeypatch.setattr(ray, "__version__", "2.99.0")
+    with pytest.raises(UserError, match=r"internals of Ray 2\.60\.x \(.*OptunaSearch's state.*\), "
+                                        r"and Ray 2\.99\.0 is installed"):
         _searcher(optuna.storages.InMemoryStorage())
     with pytest.raises(UserError, match="Ray 2.99.0 is installed"):
         OptunaSearchState(object())  # type: ignore[arg-type]

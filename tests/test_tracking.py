@@ -15,6 +15,7 @@ import pytest
 import ray
 from mlflow.utils.validation import _validate_metric_name
 from mllm4wtal.errors import UserError
+from mllm4wtal.ray_session import start_ray
 from mllm4wtal.sweep.mlflow_names import mlflow_name
 from mllm4wtal.sweep.mlflow_store import normalize_tracking_uri, prepare_store
 from mllm4wtal.sweep.tracker import PARENT_RUN_FILE, SweepTracker
@@ -47,8 +48,7 @@ def store(tmp_path_factory):
 def ray_session():
     # workers cannot import this test module: ship its functions by value
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    start_ray(num_cpus=2)
     yield
     ray.shutdown()
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

@@ -25,18 +25,13 @@ import asyncio
 import base64
 import json
 import math
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +44,10 @@ from mllm4wtal.sweep.mlflow_view import RUN_NAME_COLUMN, metric_column, sweep_ru
 from mllm4wtal.sweep.tracker import PARENT_RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "jobs" / "cluster"))
+import services  # noqa: E402  (jobs/cluster/services.py: the MLflow server, processes)
+from services import started, tail  # noqa: E402
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -84,33 +83,11 @@ class CheckError(Exception):
     """Something the check needs could not run (one line)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def started(cmd: list[str], log: Path, **kw: Any) -> Iterator[subprocess.Popen]:
-    """A process in its own session, ended (the whole group, by its id) on exit."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, **kw)
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def tail(path: Path, n: int = 3) -> str:
-    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
-    return " | ".join(lines[-n:]) or "(no output)"
+        services.wait_http(url, proc, log, timeout)
+    except services.ServiceError as e:
+        raise CheckError(str(e)) from None
 
 
 def run_small_sweep(workdir: Path, sets: list[str], timeout: int) -> Path:
@@ -127,20 +104,6 @@ def run_small_sweep(workdir: Path, sets: list[str], timeout: int) -> Path:
     if code != 0:
         raise CheckError(f"the sweep failed (exit {code}): {tail(log)}")
     return workdir / "quickstart"
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise CheckError(f"{' '.join(map(str, proc.args[:2]))} ended (exit "
-                             f"{proc.returncode}): {tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise CheckError(f"{url} did not answer in {timeout:.0f} s: {tail(log)}")
 
 
 class Page:
@@ -354,19 +317,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_and_check(expect: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    port = free_port()
-    base = ui_base(expect["tracking_uri"], port)
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_cli), "server", "--backend-store-uri", expect["tracking_uri"],
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with tempfile.TemporaryDirectory(prefix="mlflow-server-") as logs, \
-            started(cmd, Path(logs) / "server.log") as server:
-        wait_http(f"{base}/health", server, Path(logs) / "server.log", args.timeout)
-        url = sweep_runs_url(expect["tracking_uri"], expect["parent_run_id"], port)
-        plain = f"{base}/#/experiments/{expect['experiment_id']}"
-        seen = asyncio.run(browse(base, url, plain, expect, args.screenshot, args.timeout))
-        passed, failed = check_page(seen["page"], expect)
-        more_ok, more_bad = check_store(base, expect)
+    with tempfile.TemporaryDirectory(prefix="mlflow-server-") as logs:
+        server = services.MlflowServer(expect["tracking_uri"], logs)
+        base = ui_base(expect["tracking_uri"], server.port)
+        try:
+            server.start(timeout=args.timeout)
+        except services.ServiceError as e:
+            raise CheckError(str(e)) from None
+        try:
+            return check_served(expect, args, server.port, base)
+        finally:
+            server.stop()
+
+
+def check_served(expect: dict[str, Any], args: argparse.Namespace, port: int, base: str
+                 ) -> dict[str, Any]:
+    """The page and the store as the running server shows them."""
+    url = sweep_runs_url(expect["tracking_uri"], expect["parent_run_id"], port)
+    plain = f"{base}/#/experiments/{expect['experiment_id']}"
+    seen = asyncio.run(browse(base, url, plain, expect, args.screenshot, args.timeout))
+    passed, failed = check_page(seen["page"], expect)
+    more_ok, more_bad = check_store(base, expect)
     return {**seen, "expected": expect, "passed": passed + more_ok,
             "failed": failed + more_bad}
 

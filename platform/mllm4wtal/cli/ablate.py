@@ -25,11 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seeds per variant: a count (3 = seeds 0,1,2) or a list (0,1,7); "
                         "default: the file's seeds (3)")
     options.add_location(p)
+    options.add_address(p)
     p.add_argument("--no-report", action="store_true",
                    help="do not write the report (tables and plots) at the end")
 
 
 def run(args: argparse.Namespace) -> int:
+    options.use_address(args)  # first: a dead cluster address fails in seconds
     from mllm4wtal.sweep import ablate
     from mllm4wtal.sweep import preflight as start_check
 

@@ -111,9 +111,10 @@ examples:
                    help="without --ray: videos in flight in this process (default 2: one "
                         "decodes while the other generates)")
     g.add_argument("--ray", action="store_true",
-                   help="a pool of Ray actors, one model each (joins $RAY_ADDRESS or "
-                        "--ray-address, else starts Ray here); this process writes the store")
-    g.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to join")
+                   help="a pool of Ray actors, one model each (joins --address or "
+                        "$RAY_ADDRESS, else starts a private Ray here); this process writes "
+                        "the store")
+    options.add_address(g, "--ray-address")
     g.add_argument("--actors", type=int, default=None, metavar="N",
                    help="Ray actors (default: GPUs / --num-gpus, or up to 4 CPU actors)")
     g.add_argument("--num-gpus", type=float, default=None, metavar="G",
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_describe(
         dataset, args.out, spec, videos=args.videos, num_frames=args.num_frames,
         max_side=args.max_side, workers=args.workers, use_ray=args.ray,
-        ray_address=args.ray_address, actors=args.actors, num_gpus=args.num_gpus,
+        ray_address=args.address, actors=args.actors, num_gpus=args.num_gpus,
         num_cpus=args.num_cpus, allow_mixed=args.allow_mixed,
         skip_missing_videos=args.skip_missing_videos, max_failures=args.max_failures,
         limit=args.limit, progress=not args.no_progress)

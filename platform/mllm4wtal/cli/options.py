@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from mllm4wtal.config import Config
 
@@ -31,6 +32,27 @@ def add_location(p: argparse.ArgumentParser) -> None:
                         "<storage>/mlflow.db)")
     p.add_argument("--check", action="store_true",
                    help="validate the file and print the plan; start nothing")
+
+
+def add_address(p: argparse.ArgumentParser | argparse._ArgumentGroup,
+                *aliases: str) -> None:
+    """``--address HOST:PORT``: the Ray cluster to run on (``ray_session.start_ray``)."""
+    p.add_argument("--address", *aliases, dest="address", default=None,
+                   metavar="HOST:PORT",
+                   help="the Ray cluster to run on: its GCS address (HOST:6379) or "
+                        "ray://HOST:10001; default: $RAY_ADDRESS (`ray job submit` sets it), "
+                        "else a private Ray in this process, on 127.0.0.1")
+
+
+def use_address(args: argparse.Namespace) -> None:
+    """Check ``--address`` / ``$RAY_ADDRESS`` (its form, and that something answers there)
+    before anything is written, and hand ``--address`` to every Ray start of this command
+    (``ray_session`` reads ``$RAY_ADDRESS``)."""
+    from mllm4wtal.ray_session import ADDRESS_ENV, check_address
+
+    check_address(args.address)
+    if args.address:
+        os.environ[ADDRESS_ENV] = args.address
 
 
 def add_force(p: argparse.ArgumentParser, what: str) -> None:

@@ -16,8 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "configs, ASHA stops poor trials at its rungs, MLflow gets "
                                    "one parent run per sweep and one child run per trial. "
                                    "The file is validated completely before Ray starts. Joins "
-                                   "the cluster in RAY_ADDRESS (e.g. under `ray job submit`), "
-                                   "else starts Ray in-process.")
+                                   "the cluster of --address or RAY_ADDRESS (set by `ray job "
+                                   "submit`), else starts a private Ray in-process.")
     p.add_argument("space", nargs="?", default=None, metavar="SPACE.yaml",
                    help="search-space file, e.g. search_spaces/quickstart.yaml")
     options.add_set(p, "override of the base training config, repeatable")
@@ -26,13 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="change the search-space file's own sections, repeatable, e.g. "
                         "--space-set trials.num_samples=4 --space-set scheduler.max_t=200")
     options.add_location(p)
+    options.add_address(p)
     p.add_argument("--resume", default=None, metavar="EXPERIMENT_DIR",
                    help="continue an interrupted sweep (finished trials are not rerun, "
                         "errored ones resume from their checkpoints)")
 
 
 def run(args: argparse.Namespace) -> int:
+    options.use_address(args)  # first: a dead cluster address fails in seconds
     from mllm4wtal.sweep import preflight, runner
+    from mllm4wtal.sweep.mlflow_queue import pending_line
 
     if args.resume:
         if args.space or args.overrides or args.edits or args.storage or args.tracking_uri:
@@ -55,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:
         runner.claim(space, args.overrides, args.edits)
     result = runner.run_sweep(space, resume=bool(args.resume))
+    pending = pending_line(result.experiment_dir, result.tracking_uri)
+    if pending is not None:  # the MLflow server is down: its writes wait for --resume
+        print(pending)
+        return 130 if result.interrupted else 0
     if not result.interrupted:
         from mllm4wtal.report.summary import write_sweep_summary
 

@@ -24,12 +24,12 @@ from mllm4wtal.report.sweep_plots import (
     plot_parallel_coordinates,
     plot_pruning,
 )
+from mllm4wtal.sweep.mlflow_store import log_run_metrics, set_run_tags
 from mllm4wtal.sweep.mlflow_tags import BEST_TRIAL_TAG, SWEEP_METRIC_TAG
 from mllm4wtal.sweep.records import SCORE_RULES, TrialRecord, rank_records
 from mllm4wtal.sweep.runner import SweepResult
 from mllm4wtal.sweep.search import load_study
 from mllm4wtal.sweep.spaces.search_space import SearchSpaceFile
-from mllm4wtal.sweep.tracker import log_run_metrics, set_run_tags
 
 SUMMARY_DIR = "summary"
 FILES = ("best_config.yaml", "top10.md", "param_importances.json", "param_importances.png",

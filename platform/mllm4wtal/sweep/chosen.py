@@ -18,7 +18,7 @@ from mllm4wtal.data.types import WTALDataset
 from mllm4wtal.inference.evaluate import evaluate_on_test
 from mllm4wtal.sweep.mlflow_tags import BEST_TRIAL_TAG, SELECT_SPLIT_TAG
 from mllm4wtal.sweep.records import TrialRecord, rank_records
-from mllm4wtal.sweep.tracker import SweepTracker, log_run_metrics, set_run_tags
+from mllm4wtal.sweep.tracker import SweepTracker
 
 SELECT_PREFIX = "select/"
 
@@ -66,7 +66,5 @@ def log_chosen(tracker: SweepTracker, chosen: ChosenTest) -> None:
     run; the tags name the chosen trial and the split that chose it."""
     metrics = {f"{SELECT_PREFIX}{chosen.metric}": chosen.select_value, **chosen.test}
     tags = {BEST_TRIAL_TAG: chosen.trial_id, SELECT_SPLIT_TAG: chosen.select_split}
-    runs = [tracker.parent_run_id, tracker.child_run_id(chosen.trial_id)]
-    for run_id in (r for r in runs if r is not None):
-        log_run_metrics(tracker.client, run_id, metrics)
-        set_run_tags(tracker.client, run_id, tags)
+    for trial_id in (None, chosen.trial_id):  # the parent, then the chosen trial's run
+        tracker.log_run(trial_id, metrics, tags)

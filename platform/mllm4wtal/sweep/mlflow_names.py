@@ -12,6 +12,7 @@ import functools
 import hashlib
 import logging
 import numbers
+import os
 import re
 import subprocess
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from typing import Any
 from mllm4wtal.config import flatten
 from mllm4wtal.sweep.mlflow_tags import (
     GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
     MLFLOW_GIT_COMMIT_TAG,
     SEED_TAG,
     VERSION_TAG_PREFIX,
@@ -33,6 +35,10 @@ METRIC_PREFIXES = ("map/", "loss/", "test/")  # test/: a study cell's one test e
 METRIC_KEYS = ("iteration", "lr")
 VERSION_PACKAGES = ("torch", "ray", "optuna", "mlflow", "mllm4wtal", "numpy")
 SEED_KEY = "train.seed"
+# the commit and dirty flag of the code, for runs whose working directory has no .git (set by
+# jobs/submit_sweep.sh through the job's runtime environment)
+GIT_COMMIT_ENV = "MLLM4WTAL_GIT_COMMIT"
+GIT_DIRTY_ENV = "MLLM4WTAL_GIT_DIRTY"
 
 # MLflow's limits (mlflow.utils.validation); kept here so values are cut the same way on
 # every run and a re-attached run compares equal to what was logged before.
@@ -120,17 +126,38 @@ def result_metrics(result: Mapping[str, Any], *, label: str = "") -> dict[str, f
     return logged
 
 
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The commit of the repository the ``mllm4wtal`` package runs from, else ``unknown``."""
-    here = Path(__file__).resolve().parent
+def git_output(where: Path, *args: str) -> str | None:
+    """``git -C where args``'s stdout, or None when that is no git checkout (or no git)."""
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=False)
+        out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True,
+                             timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else "unknown"
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=4)
+def git_state(where: Path | None = None) -> tuple[str, str]:
+    """``(commit, dirty)`` of the checkout at ``where`` (default: the one this package runs
+    from); ``dirty`` is ``true`` when tracked files differ from the commit or untracked ones
+    exist (they are shipped and run too). Where there is no checkout, e.g. the working
+    directory of a ``ray job submit`` (it leaves ``.git`` out), what the submitter passed in
+    ``$MLLM4WTAL_GIT_COMMIT`` / ``$MLLM4WTAL_GIT_DIRTY``; else ``unknown``."""
+    here = where or Path(__file__).resolve().parent
+    commit = (git_output(here, "rev-parse", "HEAD") or "").strip()
+    if re.fullmatch(r"[0-9a-f]{40}", commit):
+        status = git_output(here, "status", "--porcelain")
+        return commit, "unknown" if status is None else str(bool(status.strip())).lower()
+    commit = os.environ.get(GIT_COMMIT_ENV, "")
+    dirty = os.environ.get(GIT_DIRTY_ENV, "")
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return "unknown", "unknown"
+    return commit, dirty if dirty in ("true", "false") else "unknown"
+
+
+def git_commit() -> str:
+    """The commit of the code that runs (:func:`git_state`), else ``unknown``."""
+    return git_state()[0]
 
 
 def _version(package: str) -> str:
@@ -143,8 +170,8 @@ def _version(package: str) -> str:
 @functools.lru_cache(maxsize=1)
 def environment_tags() -> dict[str, str]:
     """Tags on every run of a sweep: the git commit and the versions that matter."""
-    commit = git_commit()
-    tags = {GIT_COMMIT_TAG: commit}
+    commit, dirty = git_state()
+    tags = {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: dirty}
     if commit != "unknown":
         tags[MLFLOW_GIT_COMMIT_TAG] = commit
     tags.update({f"{VERSION_TAG_PREFIX}{p}": _version(p) for p in VERSION_PACKAGES})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 
 from mllm4wtal.errors import UserError
+from mllm4wtal.sweep.mlflow_names import mlflow_name, tag_value
 from mllm4wtal.sweep.mlflow_tags import EXPERIMENT_KIND_TAG, KIND_TRAINING
 
 logger = logging.getLogger(__name__)
@@ -157,3 +160,17 @@ def search_runs(client: mlflow.MlflowClient, experiment_id: str, filter_string: 
         token = page.token
         if not token:
             return runs
+
+
+def log_run_metrics(client: mlflow.MlflowClient, run_id: str, metrics: Mapping[str, float],
+                    step: int = 0) -> None:
+    """Metrics of one run in one batch, names made MLflow-legal."""
+    ts = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(mlflow_name(k), float(v), ts, step)
+                                      for k, v in metrics.items()])
+
+
+def set_run_tags(client: mlflow.MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Tags of one run in one batch, names made MLflow-legal, values cut to 8000."""
+    client.log_batch(run_id, tags=[RunTag(mlflow_name(k), tag_value(v))
+                                   for k, v in tags.items()])

@@ -19,8 +19,15 @@ KIND_ABLATION = "ablation"
 # every run: where it came from
 SEED_TAG = "seed"  # train.seed of the run's config
 GIT_COMMIT_TAG = "git_commit"
+GIT_DIRTY_TAG = "git_dirty"  # "true" when the code differed from that commit, else "false"
 MLFLOW_GIT_COMMIT_TAG = "mlflow.source.git.commit"
 VERSION_TAG_PREFIX = "version."  # version.torch, version.ray, ...
+
+# a child's place in the cluster, as its trial last reported it (sweep.trainable.placement)
+NODE_ID_TAG = "ray.node_id"
+NODE_IP_TAG = "ray.node_ip"
+GPU_IDS_TAG = "ray.gpu_ids"  # the GPUs Ray assigned the trial ("0,1"), "none" without one
+DEVICE_TAG = "device"  # what it trained on: "cuda" or "cpu" (no CUDA on a fake-GPU node)
 
 # a child's end (sweep.tracker.SweepTracker.end_trial)
 PRUNED_TAG = "pruned"  # "true" / "false"

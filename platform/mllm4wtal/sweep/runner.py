@@ -31,7 +31,7 @@ from mllm4wtal import files
 from mllm4wtal.config import to_flat
 from mllm4wtal.data.load import load_from_config
 from mllm4wtal.errors import UserError
-from mllm4wtal.ray_session import start_ray
+from mllm4wtal.ray_session import check_ray_version, start_ray
 from mllm4wtal.sweep.chosen import ChosenTest, log_chosen, test_chosen
 from mllm4wtal.sweep.faults import (
     SpaceReserve,
@@ -51,6 +51,7 @@ from mllm4wtal.sweep.records import (
     rank_records,
     trial_record,
 )
+from mllm4wtal.sweep.remote import fetch_checkpoint, forget, holds, is_remote, local_dir, pull, push
 from mllm4wtal.sweep.search import (
     fail_running,
     make_scheduler,
@@ -58,8 +59,9 @@ from mllm4wtal.sweep.search import (
     optuna_storage_url,
 )
 from mllm4wtal.sweep.spaces.search_space import SearchSpaceFile, load_search_space
-from mllm4wtal.sweep.tracker import SweepTracker
+from mllm4wtal.sweep.tracker import PARENT_RUN_FILE, TRIAL_ARTIFACTS, SweepTracker
 from mllm4wtal.sweep.trainable import run_trial, shared_text_bundles
+from mllm4wtal.sweep.trust import SigningCallback, sign_tuner, verify
 from mllm4wtal.sweep.tune_callback import MlflowTuneCallback
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ SPACE_COPY = "sweep.yaml"
 SETTINGS = "sweep.json"  # the --set overrides and flags the sweep was started with
 STUDY_COPY = "study.yaml"  # marks the experiment directory of an ablation study (sweep.ablate)
 SQLITE = "sqlite:///"
+#: the driver's own files of a sweep, copied to a remote experiment directory (sweep.remote)
+DRIVER_FILES = (SPACE_COPY, SETTINGS, PARENT_RUN_FILE)
 
 
 @dataclass
@@ -85,11 +89,11 @@ def trial_params(config: dict, *, base: dict[str, Any]) -> dict[str, Any]:
     return {**base, **config}
 
 
-def checkpoint_dir(trial: Any) -> Path | None:
-    """Where the trial's latest checkpoint (best.pt, predictions.json, ...) lies locally."""
-    ckpt = getattr(trial, "checkpoint", None)
-    path = Path(ckpt.path) if ckpt is not None else None
-    return path if path is not None and path.is_dir() else None
+def checkpoint_dir(trial: Any, scratch: Path | None = None) -> Path | None:
+    """Where the trial's latest checkpoint (best.pt, predictions.json, ...) lies locally; a
+    checkpoint in remote storage has its artifacts copied to ``<scratch>/<trial id>``."""
+    into = scratch / str(trial.trial_id) if scratch is not None else None
+    return fetch_checkpoint(getattr(trial, "checkpoint", None), TRIAL_ARTIFACTS, into)
 
 
 def tune_storage(storage_path: str) -> str:
@@ -107,6 +111,15 @@ def make_trainable(base: dict[str, Any], dataset: Any, resources: Any, configs: 
     return tune.with_resources(tune.with_parameters(fn, base=base, dataset=dataset,
                                                     texts=texts),
                                {"cpu": resources.cpu, "gpu": resources.gpu})
+
+
+def unfinished(grid: tune.ResultGrid) -> list[str | None]:
+    """Per result of ``grid``, in order: the trial's id when Tune had not ended it (PENDING,
+    PAUSED, RUNNING: the sweep was interrupted), else None. Ray gives a trial's status only
+    on its private ``ExperimentAnalysis`` (hence the Ray version check)."""
+    check_ray_version()
+    return [None if t.status in ("TERMINATED", "ERROR") else str(t.trial_id)
+            for t in grid._experiment_analysis.trials]
 
 
 def fit(tuner: tune.Tuner) -> tune.ResultGrid | None:
@@ -138,8 +151,9 @@ def load(path: str | Path, overrides: list[str], storage: str | None = None,
     space = load_search_space(path, overrides, edits)
     if "://" in space.experiment_dir and not space.searcher.storage:
         raise UserError(f"{space.where}: searcher.storage: the Optuna study cannot live in "
-                        f"remote storage {space.storage_path}; give an RDB URL (e.g. "
-                        "postgresql://...) or a shared sqlite path")
+                        f"remote storage {space.storage_path}; give an RDB URL (--space-set "
+                        "searcher.storage=postgresql+psycopg2://user@host/optuna) or a shared "
+                        "sqlite path")
     check_job_storage(space.where, space.experiment_dir)
     return space
 
@@ -167,13 +181,19 @@ def check_job_storage(where: str, experiment_dir: str) -> None:
 
 def claim(space: SearchSpaceFile, overrides: list[str], edits: list[str] | None = None
           ) -> None:
-    """Create the experiment directory of a new sweep; an existing sweep is never reused."""
-    exp = Path(space.experiment_dir)
+    """Create the experiment directory of a new sweep; an existing sweep is never reused. A
+    remote one (``sweep.remote``) gets the driver's files in its local mirror and a copy."""
+    remote = is_remote(space.experiment_dir)
+    exp = local_dir(space.experiment_dir)
     files.check_name(exp, "--storage, or the file's name:")
-    if (exp / SPACE_COPY).exists():
-        raise UserError(f"{exp} already holds the sweep '{space.name}'; continue it with "
-                        f"`mllm4wtal sweep --resume {exp}`, or give the new one another "
-                        "name (key `name:`) or storage (--storage)")
+    taken = remote and holds(space.experiment_dir, SPACE_COPY)
+    if remote and not taken:
+        forget(space.experiment_dir)  # a stale mirror of a sweep the storage no longer has
+    if taken or (exp / SPACE_COPY).exists():
+        raise UserError(f"{space.experiment_dir} already holds the sweep '{space.name}'; "
+                        f"continue it with `mllm4wtal sweep --resume {space.experiment_dir}`, "
+                        "or give the new one another name (key `name:`) or storage "
+                        "(--storage)")
     if (exp / STUDY_COPY).exists():
         raise UserError(f"{exp} holds the ablation study '{space.name}'; give the sweep "
                         "another name (key `name:`) or storage (--storage)")
@@ -187,11 +207,18 @@ def claim(space: SearchSpaceFile, overrides: list[str], edits: list[str] | None 
                   f"mlflow.tracking_uri={space.mlflow.tracking_uri}",
                   f"mlflow.experiment={space.mlflow.experiment}"]}, indent=1),
         force=True, fix="--storage")
+    if remote:
+        push(exp, space.experiment_dir, DRIVER_FILES)
 
 
 def reload(experiment_dir: str | Path) -> SearchSpaceFile:
-    """The search space a sweep in ``experiment_dir`` was started with."""
-    exp = Path(experiment_dir).expanduser().resolve()
+    """The search space a sweep in ``experiment_dir`` (a folder or a URI) was started with."""
+    if is_remote(experiment_dir):
+        uri = str(experiment_dir).rstrip("/")
+        exp = local_dir(uri)
+        pull(uri, exp, DRIVER_FILES)  # the storage is the truth: another machine may resume
+    else:
+        exp = Path(experiment_dir).expanduser().resolve()
     if not (exp / SPACE_COPY).exists() or not (exp / SETTINGS).exists():
         raise UserError(f"{exp} is not a sweep directory (no {SPACE_COPY}); pass the folder "
                         "`mllm4wtal sweep` printed at its start, <storage>/<name>")
@@ -217,7 +244,7 @@ def conclusion(space: SearchSpaceFile, result: SweepResult) -> str:
           "--port 5000")
     if result.interrupted:
         return (f"sweep interrupted; continue it with: mllm4wtal sweep --resume "
-                f"{result.experiment_dir}\nso far in MLflow: {ui}")
+                f"{space.experiment_dir}\nso far in MLflow: {ui}")
     ranked = rank_records(result.records, space.mode)
     pruned = sum(bool(r["pruned"]) for r in result.records)
     failed = sum(r["status"] == "FAILED" for r in result.records)
@@ -245,7 +272,7 @@ def stopped_by_fault(space: SearchSpaceFile, tracker: SweepTracker | None,
     traceback the caller keeps). Ray has stopped the trials by now; ``reserve`` is released
     once the line is worded (it tells the free space of the fault), so that the records
     can be written on a full disk."""
-    exp = Path(space.experiment_dir)
+    exp = local_dir(space.experiment_dir)
     urls = {"optuna": optuna_storage_url(space),
             "mlflow": tracker.tracking_uri if tracker is not None else ""}
     stores = {k: Path(url.removeprefix(SQLITE)) for k, url in urls.items()
@@ -254,7 +281,7 @@ def stopped_by_fault(space: SearchSpaceFile, tracker: SweepTracker | None,
     line = None
     if fault is not None:
         path, os_err = fault
-        line = fault_line(path or exp, os_err, resume_hint(exp))
+        line = fault_line(path or exp, os_err, resume_hint(space.experiment_dir))
     reason = line or one_line(error)
     reserve.release()
     closers: list[Callable[[], Any]] = [lambda: fail_running(space, reason)]
@@ -273,8 +300,11 @@ def run_sweep(space: SearchSpaceFile, resume: bool = False, verbose: int = 1) ->
     """Run (or, with ``resume``, continue) the sweep ``space`` describes. A storage fault
     (disk full, ...) ends it with one :class:`UserError` line and FAILED records; ``--resume``
     continues it once the fault is fixed."""
-    exp = Path(space.experiment_dir)
-    local = "://" not in space.experiment_dir
+    exp = local_dir(space.experiment_dir)  # the driver's files (a remote one's mirror)
+    # before anything is written or unpickled: Ray's state must be the one this user's
+    # driver signed (False: Tune saved none yet, the sweep starts afresh)
+    restore = verify(space.experiment_dir) if resume else False
+    local = not is_remote(space.experiment_dir)
     reserve = SpaceReserve(exp if local else None, resume_hint(space.experiment_dir))
     reserve.hold()
     tracker = None
@@ -283,7 +313,9 @@ def run_sweep(space: SearchSpaceFile, resume: bool = False, verbose: int = 1) ->
                                sweep_name=space.name, base_params=to_flat(space.base_config),
                                tags={SWEEP_TAG: space.name, SEARCH_SPACE_TAG: str(space.path),
                                      SCORE_TAG: space.score})
-        return _run(space, tracker, resume, verbose)
+        if not local:  # the parent run's id, for a --resume from anywhere
+            push(exp, space.experiment_dir, DRIVER_FILES)
+        return _run(space, tracker, restore, verbose)
     except Exception as e:
         line = stopped_by_fault(space, tracker, e, reserve)
         if line is None:
@@ -293,21 +325,24 @@ def run_sweep(space: SearchSpaceFile, resume: bool = False, verbose: int = 1) ->
         reserve.release()
 
 
-def _run(space: SearchSpaceFile, tracker: SweepTracker, resume: bool, verbose: int
+def _run(space: SearchSpaceFile, tracker: SweepTracker, restore: bool, verbose: int
          ) -> SweepResult:
-    exp = Path(space.experiment_dir)
+    exp = local_dir(space.experiment_dir)
     base = to_flat(space.base_config)
     total = space.base_config.train.iterations
     dataset = load_from_config(space.base_config.data)
     with ray_started():
         trainable = make_trainable(base, dataset, space.resources, [space.base_config])
         callback = MlflowTuneCallback(tracker, functools.partial(trial_params, base=base),
-                                      total, run_dir_for=checkpoint_dir, metric=space.metric,
+                                      total, metric=space.metric,
+                                      run_dir_for=functools.partial(checkpoint_dir,
+                                                                    scratch=exp / "trials"),
                                       mode=space.mode, score=space.score,
                                       view_params=[p.key for p in space.params])
         reporter = sweep_reporter(space)  # also before a restore: it picks Tune's output
-        if resume and tune.Tuner.can_restore(str(exp)):  # else it stopped before Tune saved
-            tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+        if restore:  # verified; the callbacks (the signer too) come back from tuner.pkl
+            tuner = tune.Tuner.restore(space.experiment_dir, trainable=trainable,
+                                       resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -317,19 +352,31 @@ def _run(space: SearchSpaceFile, tracker: SweepTracker, resume: bool, verbose: i
                                             reuse_actors=True),  # no process start per trial
                 run_config=tune.RunConfig(
                     name=space.name, storage_path=tune_storage(space.storage_path),
-                    callbacks=[callback], verbose=verbose, progress_reporter=reporter,
+                    callbacks=[callback, SigningCallback()], verbose=verbose,
+                    progress_reporter=reporter,
                     failure_config=tune.FailureConfig(max_failures=space.trials.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+            sign_tuner(tuner, space.experiment_dir)
         grid = fit(tuner)
         results = list(grid) if grid is not None else []
         records = [trial_record(r, r.config or {}, total_iterations=total,
                                 metric=space.metric, mode=space.mode, score=space.score,
                                 gpus=space.resources.gpu)
                    for r in results]
+    stopped = unfinished(grid) if grid is not None else []
+    for rec, trial_id in zip(records, stopped, strict=True):
+        if trial_id is not None:  # never started, or stopped by the interruption: not pruned
+            rec["trial_id"] = rec["trial_id"] or trial_id
+            rec["status"], rec["pruned"] = "KILLED", False
     if grid is not None:
         drop_orphans(records, tracker)
     running = mark_killed(records, tracker)
-    interrupted = running or len(records) < space.trials.num_samples
+    interrupted = running or any(stopped) or len(records) < space.trials.num_samples
+    if interrupted:  # Optuna has no KILLED: its open trials FAIL, --resume retries them
+        fail_running(space, f"interrupted; {resume_hint(space.experiment_dir)}")
+    elif grid is not None:  # every trial Ray knows has ended: what Optuna still runs is orphaned
+        fail_running(space, "opened before the driver was killed; the resumed sweep asked "
+                     "for these suggestions again", note="superseded")
     chosen = None
     if not interrupted:  # the chosen config meets the test videos once, at the very end
         checkpoints = {rec["trial_id"]: r.checkpoint for rec, r in zip(records, results,

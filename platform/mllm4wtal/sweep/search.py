@@ -9,7 +9,7 @@ The study lives in an RDB storage (sqlite next to the experiment by default).
 
 Ray offers no public way to reach the Optuna trial behind a Tune trial; every use of
 ``OptunaSearch``'s private state is in :class:`OptunaSearchState`, which refuses a Ray it
-was not tested with (:data:`TESTED_RAY`).
+was not tested with (``ray_session.TESTED_RAY``).
 """
 
 from __future__ import annotations
@@ -19,36 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from mllm4wtal.errors import UserError
+from mllm4wtal.ray_session import check_ray_version
 from mllm4wtal.sweep.spaces.optuna_space import make_sampler, suggest
 from mllm4wtal.sweep.spaces.search_space import SearchSpaceFile
 
 TIME_ATTR = "iteration"
-#: the Ray release series whose ``OptunaSearch`` internals :class:`OptunaSearchState` reads
-TESTED_RAY = "2.60"
-
-
-def check_ray_version(version: str | None = None) -> None:
-    """Refuse a Ray whose ``OptunaSearch`` internals were not tested (``version``: default
-    ``ray.__version__``)."""
-    version = ray.__version__ if version is None else version
-    if version != TESTED_RAY and not version.startswith(TESTED_RAY + "."):
-        raise UserError(
-            f"mllm4wtal sweep records pruned trials through internals of Ray "
-            f"{TESTED_RAY}.x's OptunaSearch, and Ray {version} is installed; install the tested "
-            f"Ray (pip install 'ray[tune,default]=={TESTED_RAY}.*') or, to support Ray "
-            f"{version}, check OptunaSearchState in mllm4wtal/sweep/search.py against its "
-            "OptunaSearch and update TESTED_RAY")
-
-
 class OptunaSearchState:
     """The one adapter to ``OptunaSearch``'s private state (``_ot_trials``, ``_ot_study``,
-    ``_completed_trials``), for Ray :data:`TESTED_RAY`.x only."""
+    ``_completed_trials``), for Ray ``ray_session.TESTED_RAY``.x only."""
 
     def __init__(self, search: OptunaSearch) -> None:
         check_ray_version()
@@ -170,7 +152,10 @@ def make_searcher(space: SearchSpaceFile) -> Searcher:
     """Define-by-run OptunaSearch over the file's space, seeded sampler, RDB study named
     after the sweep, the paper defaults first, at most ``max_concurrent`` trials at once."""
     check_ray_version()  # before the study is created
-    storage = optuna.storages.RDBStorage(optuna_storage_url(space))
+    url = optuna_storage_url(space)
+    # a server (PostgreSQL, MySQL) may drop idle connections during a long sweep
+    storage = optuna.storages.RDBStorage(
+        url, engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True})
     search = PruningAwareOptunaSearch(
         space=functools.partial(suggest, space.params), metric=space.metric, mode=space.mode,
         points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
@@ -193,9 +178,12 @@ def load_study(space: SearchSpaceFile) -> optuna.Study:
     return optuna.load_study(study_name=space.name, storage=optuna_storage_url(space))
 
 
-def fail_running(space: SearchSpaceFile, reason: str) -> list[int]:
-    """Close the study's RUNNING trials as FAIL (a sweep that stopped on a fault) and note
-    ``reason`` on the study (user attribute ``stopped_by``); returns their numbers."""
+def fail_running(space: SearchSpaceFile, reason: str, note: str = "stopped_by") -> list[int]:
+    """Close the study's RUNNING trials as FAIL and note ``reason`` on the study (user
+    attribute ``note``: ``stopped_by`` for a sweep that stopped on a fault or was
+    interrupted; ``superseded`` for the orphans of a killed driver, trials Optuna opened
+    after Ray last saved its state, whose suggestions the resumed sweep asked for again);
+    returns their numbers."""
     url = optuna_storage_url(space)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return []  # the sweep stopped before its study was created
@@ -206,5 +194,7 @@ def fail_running(space: SearchSpaceFile, reason: str) -> list[int]:
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in running:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    study.set_user_attr("stopped_by", reason)
+    if running or note == "stopped_by":
+        study.set_user_attr(note, f"{reason}: trials {[t.number for t in running]}"
+                            if note != "stopped_by" else reason)
     return [t.number for t in running]

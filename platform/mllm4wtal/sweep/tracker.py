@@ -10,22 +10,23 @@ tags ``outcome`` (finished, pruned, failed, killed), ``pruned``/``pruned_at_iter
 ``error``. ``show_runs`` saves the experiment's view of them in MLflow's UI.
 Every write goes through an explicit ``mlflow.MlflowClient`` (``sweep.tune_callback`` calls
 the tracker from Ray Tune's driver loop, one hook at a time, so concurrent trials never race
-on the store).
+on the store), as an operation (a JSON-able dict) handed to ``sweep.mlflow_queue``: written
+at once, or queued in order while the tracking server is unreachable (trials go on; the
+writes follow when it answers, or from ``<experiment_dir>/mlflow_queue.jsonl`` when the
+sweep resumes). Operations name runs by trial id (None: the parent), so that runs created
+while the server was down get their ids when they are written.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Metric, RunTag
 
 from mllm4wtal.errors import UserError
 from mllm4wtal.sweep.mlflow_names import (
@@ -38,13 +39,20 @@ from mllm4wtal.sweep.mlflow_names import (
     tag_value,
     truncate,
 )
+from mllm4wtal.sweep.mlflow_queue import fail_fast, is_outage, queue_for
+from mllm4wtal.sweep.mlflow_runs import (
+    PARENT_RUN_FILE,
+    log_missing_params,
+    reattach_child,
+    reattach_parent,
+    recorded_parent,
+    write_record,
+)
 from mllm4wtal.sweep.mlflow_store import prepare_store, search_runs
 from mllm4wtal.sweep.mlflow_tags import (
-    END_TAGS,
     ERROR_TAG,
     LAST_ITERATION_TAG,
     OUTCOME_TAG,
-    PARAM_CONFLICTS_TAG,
     PARENT_TAG,
     PRUNED_AT_TAG,
     PRUNED_TAG,
@@ -54,28 +62,13 @@ from mllm4wtal.sweep.mlflow_tags import (
     SWEEP_DIR_TAG,
     TRIAL_TAG,
 )
-from mllm4wtal.sweep.mlflow_view import runs_view, save_view, sweep_runs_url
+from mllm4wtal.sweep.mlflow_view import runs_url, runs_view, save_view, sweep_runs_url, ui_base
 
 logger = logging.getLogger(__name__)
 
-PARENT_RUN_FILE = "mlflow_parent_run.json"
 TRIAL_ARTIFACTS = ("best.pt", "predictions.json", "config.yaml", "metrics.jsonl", "split.json",
                    "test_metrics.json")
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
-def log_run_metrics(client: mlflow.MlflowClient, run_id: str, metrics: Mapping[str, float],
-                    step: int = 0) -> None:
-    """Metrics of one run in one batch, names made MLflow-legal."""
-    ts = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(mlflow_name(k), float(v), ts, step)
-                                      for k, v in metrics.items()])
-
-
-def set_run_tags(client: mlflow.MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
-    """Tags of one run in one batch, names made MLflow-legal, values cut to 8000."""
-    client.log_batch(run_id, tags=[RunTag(mlflow_name(k), tag_value(v))
-                                   for k, v in tags.items()])
 
 
 class SweepTracker:
@@ -84,7 +77,12 @@ class SweepTracker:
     Creating a tracker on an ``experiment_dir`` that already holds ``mlflow_parent_run.json``
     re-attaches to that parent run (``resumed`` is then True, and the parent is RUNNING again);
     otherwise a new parent run is created and its id written there. Child runs are found
-    again by their ``trial_id`` tag, never duplicated.
+    again by their ``trial_id`` tag, never duplicated. Writes an earlier process left in
+    ``mlflow_queue.jsonl`` (the server was down when it ended) are written first.
+
+    While writes wait for the server, reads answer from what this process knows
+    (``child_run_id``, ``running_trials``) or not at all (``last_value``: None); ``finish``
+    then leaves the queue in the experiment folder (``spilled``: its path).
 
     The tracker pickles as its constructor arguments (Ray Tune stores the callbacks of a
     sweep in ``tuner.pkl``); an unpickled tracker re-attaches to the same parent on first use.
@@ -102,7 +100,22 @@ class SweepTracker:
         self.tracking_uri, self.experiment_id = prepare_store(tracking_uri, experiment,
                                                               self.experiment_dir)
         self._reset()
-        self._attach()
+        try:
+            with fail_fast():
+                if self._queue.path.exists():  # left by a sweep that ended while it was down
+                    self._parent_run_id = self._recorded_parent()
+                    self._queue.replay(self._apply)
+                    self._reset()
+                self._attach()
+        except Exception as e:
+            if not is_outage(e):
+                raise
+            self._unreachable(e)
+
+    def _unreachable(self, error: BaseException) -> NoReturn:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"MLflow tracking server '{self.tracking_uri}' stopped answering "
+                        f"({reason}); start it and run again") from None
 
     # -- pickling: constructor arguments only; re-attach lazily ------------------------------
 
@@ -110,7 +123,14 @@ class SweepTracker:
         self._client: mlflow.MlflowClient | None = None
         self._parent_run_id: str | None = None
         self._children: dict[str, str] = {}
-        self._last_step: dict[str, int] = {}
+        self._last_step: dict[str, int] = {}  # the last step handed over (written or queued)
+        self._queue = queue_for(self.experiment_dir, self.tracking_uri)
+        # shared by the trackers of one experiment in this process (a resumed sweep's
+        # callback holds an unpickled one): trial -> run status as known here, and the last
+        # step a re-attached run held
+        self._status: dict[str, str] = self._queue.known.setdefault("status", {})
+        self._stored_step: dict[str, int] = self._queue.known.setdefault("stored_step", {})
+        self.spilled: Path | None = None
         self.resumed = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -131,7 +151,13 @@ class SweepTracker:
     @property
     def parent_run_id(self) -> str:
         if self._parent_run_id is None:
-            self._attach()
+            try:
+                with fail_fast():
+                    self._attach()
+            except Exception as e:  # an unpickled tracker while the server is down
+                if not is_outage(e) or not self.parent_file.exists():
+                    raise
+                self._parent_run_id = self._recorded_parent()
         assert self._parent_run_id is not None
         return self._parent_run_id
 
@@ -145,45 +171,25 @@ class SweepTracker:
     def _attach(self) -> None:
         path = self.parent_file
         if path.exists():
-            self._parent_run_id = self._reattach_parent(path)
+            self._parent_run_id = self._reattach_parent()
             self.resumed = True
             self._children = self._search_children()
             return
         tags = {**self._base_tags(self.base_params), ROLE_TAG: ROLE_PARENT,
                 SWEEP_DIR_TAG: str(self.experiment_dir)}
         run = self.client.create_run(self.experiment_id, run_name=self.sweep_name, tags=tags)
-        record = {"run_id": run.info.run_id, "experiment_id": self.experiment_id,
-                  "experiment": self.experiment, "tracking_uri": self.tracking_uri}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_record(path, run.info.run_id, self.experiment_id, self.experiment,
+                     self.tracking_uri)
         self._parent_run_id = run.info.run_id
         self.resumed = False
         self._children = {}
 
-    def _reattach_parent(self, path: Path) -> str:
-        fix = (f"point mlflow.tracking_uri/experiment at the store this sweep started with, or "
-               f"delete {path} to start a new parent run")
-        try:
-            run_id = str(json.loads(path.read_text())["run_id"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{path}: not a parent-run record ({e}); {fix}") from None
-        try:
-            run = self.client.get_run(run_id)
-        except MlflowException:
-            raise UserError(f"{path}: parent run {run_id} is not in the tracking store "
-                            f"'{self.tracking_uri}'; {fix}") from None
-        if run.info.experiment_id != self.experiment_id:
-            raise UserError(f"{path}: parent run {run_id} belongs to experiment id "
-                            f"{run.info.experiment_id}, not to '{self.experiment}' "
-                            f"({self.experiment_id}); {fix}")
-        if run.info.lifecycle_stage == "deleted":
-            self.client.restore_run(run_id)
-        if run.info.status != "RUNNING":
-            self.client.update_run(run_id, status="RUNNING")
-        if ERROR_TAG in run.data.tags:  # the reason an earlier attempt failed
-            self.client.delete_tag(run_id, ERROR_TAG)
-        return run_id
+    def _recorded_parent(self) -> str:
+        return recorded_parent(self.parent_file)
+
+    def _reattach_parent(self) -> str:
+        return reattach_parent(self.client, self.parent_file, self.experiment_id,
+                               self.experiment, self.tracking_uri)
 
     def _search(self, extra_filter: str = "") -> list[Any]:
         """The parent's children (oldest first) that also match ``extra_filter``."""
@@ -194,28 +200,82 @@ class SweepTracker:
         found: dict[str, str] = {}
         for run in self._search():  # oldest first: a duplicate (there should be none) loses
             trial_id = run.data.tags.get(TRIAL_TAG)
-            if trial_id is not None:
-                found.setdefault(trial_id, run.info.run_id)
+            if trial_id is not None and trial_id not in found:
+                found[trial_id] = run.info.run_id
+                self._status[trial_id] = run.info.status
         return found
 
-    def child_run_id(self, trial_id: str) -> str | None:
+    def _lookup_child(self, trial_id: str) -> str | None:
         if trial_id not in self._children:
             hits = self._search(f" and tags.`{TRIAL_TAG}` = '{trial_id}'")
             if hits:
                 self._children[trial_id] = hits[0].info.run_id
         return self._children.get(trial_id)
 
+    def child_run_id(self, trial_id: str) -> str | None:
+        """The run id of a trial's child run; None when it has none, or while its creation
+        waits for the server."""
+        trial_id = str(trial_id)
+        if trial_id in self._children:
+            return self._children[trial_id]
+        return self._queue.read(lambda: self._lookup_child(trial_id), None, self._apply)
+
     def _require(self, trial_id: str) -> str:
-        run_id = self.child_run_id(trial_id)
+        run_id = self._lookup_child(trial_id)
         if run_id is None:
             raise KeyError(f"trial '{trial_id}' has no MLflow run; call trial_run first")
         return run_id
 
+    def _known(self, trial_id: str) -> str:
+        """``trial_id`` if it has a run (or one waits to be created), else KeyError."""
+        trial_id = str(trial_id)
+        if trial_id not in self._status and self.child_run_id(trial_id) is None:
+            raise KeyError(f"trial '{trial_id}' has no MLflow run; call trial_run first")
+        return trial_id
+
+    # -- writing: every change is an operation (sweep.mlflow_queue) --------------------------
+
+    def sync(self) -> None:
+        """Write queued operations when the server answers again (at most ~1 s; a probe of
+        it at most every 5 s); for the driver loop between trial events."""
+        self._queue.sync(self._apply)
+
+    def _submit(self, op: dict[str, Any]) -> Any:
+        return self._queue.submit(op, self._apply)
+
+    def _apply(self, op: dict[str, Any]) -> Any:
+        """Write one operation to the store (at once, or when the queue gets to it)."""
+        kind, trial = op["op"], op.get("trial")
+        if kind == "trial":
+            return self._write_trial(op)
+        if kind == "finish":
+            return self._write_finish(op["status"], op.get("error"))
+        if kind == "view":
+            view = runs_view(self.parent_run_id, self.sweep_name, self.extra_tags,
+                             op["order_by"], op["mode"], op["metrics"], op["params"])
+            return save_view(self.client, self.experiment_id, view)
+        run_id = self.parent_run_id if trial is None else self._require(trial)
+        if kind == "artifact":
+            return self.client.log_artifact(run_id, op["path"])
+        metrics = op.get("metrics") or {}
+        if op.get("result") and op["step"] <= self._stored_step.get(trial, -1):
+            metrics = {}  # the re-attached run holds this step already
+        ts, step = int(op.get("ts") or time.time() * 1000), int(op.get("step") or 0)
+        batch = {"metrics": [Metric(k, float(v), ts, step) for k, v in metrics.items()],
+                 "tags": [RunTag(k, v) for k, v in (op.get("tags") or {}).items()]}
+        if batch["metrics"] or batch["tags"]:
+            self.client.log_batch(run_id, **batch)
+        if kind == "end":
+            self.client.set_terminated(run_id, status=op["status"])
+        return None
+
     # -- children --------------------------------------------------------------------------
 
     def trial_run(self, trial_id: str, params: Mapping[str, Any],
-                  tags: Mapping[str, Any] | None = None, run_name: str | None = None) -> str:
-        """The child run of a trial: created once, re-attached (status RUNNING) afterwards.
+                  tags: Mapping[str, Any] | None = None, run_name: str | None = None
+                  ) -> str | None:
+        """The child run of a trial: created once, re-attached (status RUNNING) afterwards;
+        returns its id (None while the server is down: it is created when it answers).
 
         ``params`` is the training config of the trial (dotted keys; nested dicts are
         flattened). They are logged in one ``log_batch``; on re-attach only missing keys are
@@ -225,41 +285,30 @@ class SweepTracker:
         (default: the trial id) also renames a re-attached run named otherwise before.
         """
         trial_id = str(trial_id)
-        flat = flatten_params(params)
-        run_id = self.child_run_id(trial_id)
+        new_tags = {**self._base_tags(params),
+                    **{str(k): tag_value(v) for k, v in (tags or {}).items()},
+                    TRIAL_TAG: trial_id, ROLE_TAG: ROLE_TRIAL}
+        self._status[trial_id] = "RUNNING"
+        run_id = self._submit({"op": "trial", "trial": trial_id,
+                               "params": flatten_params(params), "tags": new_tags,
+                               "run_name": run_name})
+        self._last_step.setdefault(trial_id, -1)
+        return run_id
+
+    def _write_trial(self, op: dict[str, Any]) -> str:
+        trial_id, flat, run_name = op["trial"], op["params"], op.get("run_name")
+        run_id = self._lookup_child(trial_id)
         existing: dict[str, str] = {}
         if run_id is None:
-            tags = {**self._base_tags(params),
-                    **{str(k): tag_value(v) for k, v in (tags or {}).items()},
-                    PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, ROLE_TAG: ROLE_TRIAL}
             run = self.client.create_run(self.experiment_id, run_name=run_name or trial_id,
-                                         tags=tags)
+                                         tags={**op["tags"], PARENT_TAG: self.parent_run_id})
             run_id = run.info.run_id
             self._children[trial_id] = run_id
-            self._last_step[trial_id] = -1
+            self._stored_step[trial_id] = -1
         else:
-            run = self.client.get_run(run_id)
-            existing = dict(run.data.params)
-            if run.info.lifecycle_stage == "deleted":
-                self.client.restore_run(run_id)
-            if run.info.status != "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
-            if run_name and run.info.run_name != run_name:  # named by an older version
-                self.client.update_run(run_id, name=run_name)
-            for tag in END_TAGS:
-                if tag in run.data.tags:
-                    self.client.delete_tag(run_id, tag)
-            if trial_id not in self._last_step:
-                history = self.client.get_metric_history(run_id, "iteration")
-                self._last_step[trial_id] = max((m.step for m in history), default=-1)
-        conflicts = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
-        if conflicts:
-            logger.warning("trial %s: params %s differ from those logged before; MLflow keeps "
-                           "the first values", trial_id, ", ".join(conflicts))
-            self.client.set_tag(run_id, PARAM_CONFLICTS_TAG, tag_value(",".join(conflicts)))
-        new = [Param(k, v) for k, v in flat.items() if k not in existing]
-        if new:
-            self.client.log_batch(run_id, params=new)
+            existing, self._stored_step[trial_id] = reattach_child(self.client, run_id, run_name)
+            self._last_step.setdefault(trial_id, self._stored_step[trial_id])
+        log_missing_params(self.client, run_id, trial_id, flat, existing)
         return run_id
 
     def log_result(self, trial_id: str, result: Mapping[str, Any],
@@ -272,8 +321,7 @@ class SweepTracker:
         logged for this trial (a resumed trial replaying
         the iterations after its checkpoint) is skipped. Returns what was logged.
         """
-        trial_id = str(trial_id)
-        run_id = self._require(trial_id)
+        trial_id = self._known(trial_id)
         if result.get("iteration") is None:
             logger.warning("trial %s: result without 'iteration'; not logged", trial_id)
             return {}
@@ -283,18 +331,34 @@ class SweepTracker:
         logged = result_metrics(result, label=f"trial {trial_id}")
         logged.update({mlflow_name(k): float(v) for k, v in (extra or {}).items()})
         if logged:
-            log_run_metrics(self.client, run_id, logged, step)
+            self._submit({"op": "log", "trial": trial_id, "metrics": logged, "step": step,
+                          "ts": int(time.time() * 1000), "result": True})
         self._last_step[trial_id] = step
         return logged
 
+    def log_run(self, trial_id: str | None, metrics: Mapping[str, float] | None = None,
+                tags: Mapping[str, Any] | None = None) -> bool:
+        """Metrics (step 0) and tags of a trial's run, or of the parent run (None), written
+        or queued; a trial without a run is skipped (returns False)."""
+        if trial_id is not None:
+            if str(trial_id) not in self._status and self.child_run_id(trial_id) is None:
+                return False
+            trial_id = str(trial_id)
+        self._submit({"op": "log", "trial": trial_id, "ts": int(time.time() * 1000),
+                      "metrics": {mlflow_name(k): float(v) for k, v in (metrics or {}).items()},
+                      "tags": {mlflow_name(k): tag_value(v) for k, v in (tags or {}).items()}})
+        return True
+
     def last_value(self, trial_id: str, key: str) -> float | None:
         """The value of metric ``key`` at the last step the trial's run logged, else None
-        (what a re-attached trial's score so far was)."""
-        history = self.client.get_metric_history(self._require(str(trial_id)),
-                                                 mlflow_name(key))
-        if not history:
-            return None
-        return float(max(history, key=lambda m: (m.step, m.timestamp)).value)
+        (what a re-attached trial's score so far was; None while writes wait)."""
+        def read() -> float | None:
+            history = self.client.get_metric_history(self._require(str(trial_id)),
+                                                     mlflow_name(key))
+            if not history:
+                return None
+            return float(max(history, key=lambda m: (m.step, m.timestamp)).value)
+        return self._queue.read(read, None, self._apply)
 
     def end_trial(self, trial_id: str, status: str = "FINISHED", pruned: bool = False,
                   rung: int | None = None, error: str | None = None) -> None:
@@ -304,7 +368,7 @@ class SweepTracker:
         (FINISHED, FAILED or KILLED)."""
         if status not in END_STATUSES:
             raise ValueError(f"status must be one of {END_STATUSES}, not {status!r}")
-        run_id = self._require(str(trial_id))
+        trial_id = self._known(trial_id)
         outcome = "pruned" if pruned and status == "FINISHED" else status.lower()
         tags = {PRUNED_TAG: "true" if pruned else "false", OUTCOME_TAG: outcome}
         if rung is not None:
@@ -313,26 +377,26 @@ class SweepTracker:
                 tags[PRUNED_AT_TAG] = str(int(rung))
         if error:
             tags[ERROR_TAG] = truncate(error.strip(), MAX_TAG_VALUE_LENGTH, keep="tail")
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.client.set_terminated(run_id, status=status)
+        self._status[trial_id] = status
+        self._submit({"op": "end", "trial": trial_id, "tags": tags, "status": status})
 
     def log_trial_artifacts(self, trial_id: str, run_dir: Path | None) -> list[str]:
         """Log ``best.pt``, ``predictions.json``, ``config.yaml``, ``metrics.jsonl`` of a
-        trial's run directory, those present; returns the names logged."""
+        trial's run directory, those present; returns the names logged (or queued)."""
         if run_dir is None:
             return []
-        run_id = self._require(str(trial_id))
+        trial_id = self._known(trial_id)
         logged = []
         for name in TRIAL_ARTIFACTS:
             path = Path(run_dir) / name
             if path.is_file():
-                self.client.log_artifact(run_id, str(path))
+                self._submit({"op": "artifact", "trial": trial_id, "path": str(path)})
                 logged.append(name)
         return logged
 
     def log_trial_file(self, trial_id: str, path: Path) -> None:
         """Log one file as an artifact of a trial's run (e.g. Ray's error file)."""
-        self.client.log_artifact(self._require(str(trial_id)), str(path))
+        self._submit({"op": "artifact", "trial": self._known(trial_id), "path": str(path)})
 
     # -- parent ----------------------------------------------------------------------------
 
@@ -341,36 +405,50 @@ class SweepTracker:
         """Save the view of this sweep's runs in MLflow's UI (``mlflow_view.runs_view``: its
         runs best first on metric ``order_by``, the ``metrics`` columns first, then
         ``params``), under the parent run's id; returns the address that opens it."""
-        view = runs_view(self.parent_run_id, self.sweep_name, self.extra_tags, order_by, mode,
-                         metrics, params or ())
-        save_view(self.client, self.experiment_id, view)
+        self._submit({"op": "view", "order_by": order_by, "mode": mode,
+                      "metrics": list(metrics), "params": list(params or ())})
         return self.runs_url
 
     @property
     def runs_url(self) -> str:
         """The address that opens the experiment on its runs in MLflow's UI (``mlflow ui``
         on port 5000 for a local store), in this sweep's view once ``show_runs`` saved it."""
-        return sweep_runs_url(self.tracking_uri, self.parent_run_id, client=self.client)
+        offline = runs_url(ui_base(self.tracking_uri), self.experiment_id, self.parent_run_id)
+        return self._queue.read(lambda: sweep_runs_url(self.tracking_uri, self.parent_run_id,
+                                                       client=self.client),
+                                offline, self._apply)
 
     def set_parent_tags(self, tags: Mapping[str, Any]) -> None:
-        set_run_tags(self.client, self.parent_run_id, tags)
+        self._submit({"op": "log", "trial": None,
+                      "tags": {mlflow_name(k): tag_value(v) for k, v in tags.items()}})
 
     def log_parent_artifact(self, path: Path) -> None:
-        self.client.log_artifact(self.parent_run_id, str(path))
+        self._submit({"op": "artifact", "trial": None, "path": str(path)})
 
     def running_trials(self) -> list[str]:
         """Trial ids whose child run is still RUNNING (interrupted, or not yet ended)."""
-        return [run.data.tags.get(TRIAL_TAG, run.info.run_id)
-                for run in self._search(" and attributes.status = 'RUNNING'")]
+        def read() -> list[str]:
+            return [run.data.tags.get(TRIAL_TAG, run.info.run_id)
+                    for run in self._search(" and attributes.status = 'RUNNING'")]
+        return self._queue.read(read, [t for t, s in self._status.items() if s == "RUNNING"],
+                                self._apply)
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> list[str]:
         """End the sweep: children still RUNNING become KILLED (FAILED, with the tag
         ``error``, when the sweep failed; ``outcome`` says which), then the parent gets
         ``status`` (and ``error``).
         Returns the trial ids that were ended here. A later tracker on the same experiment
-        dir re-opens both."""
+        dir re-opens both. Writes still waiting for the server go to ``spilled``."""
         if status not in END_STATUSES:
             raise ValueError(f"status must be one of {END_STATUSES}, not {status!r}")
+        child_status = "FAILED" if status == "FAILED" else "KILLED"
+        known = [t for t, s in self._status.items() if s == "RUNNING"]
+        self._status.update(dict.fromkeys(known, child_status))
+        ended = self._submit({"op": "finish", "status": status, "error": error})
+        self.spilled = self._queue.close(self._apply)
+        return known if ended is None else ended
+
+    def _write_finish(self, status: str, error: str | None) -> list[str]:
         child_status = "FAILED" if status == "FAILED" else "KILLED"
         tags = [RunTag(ERROR_TAG, truncate(error.strip(), MAX_TAG_VALUE_LENGTH, keep="tail"))
                 ] if error else []

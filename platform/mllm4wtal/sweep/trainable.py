@@ -13,6 +13,7 @@ object store once and shared by every trial on a node, not re-read per trial.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -39,14 +40,31 @@ from mllm4wtal.train.loop import train
 CHECKPOINT_FILES = ("last.pt", "best.pt", "predictions.json", "metrics.jsonl", "config.yaml",
                     SPLIT_FILE, TEST_FILE)
 RUN_DIR = "run"
+PLACEMENT = "placement"  # the result key of ``placement()`` (a dict of strings)
+
+logger = logging.getLogger(__name__)
 
 
 def trial_device(requested: str) -> str:
     """``auto`` -> the GPU Ray assigned to this trial, else the CPU (Ray hides the GPUs a
-    trial did not ask for through CUDA_VISIBLE_DEVICES)."""
+    trial did not ask for through CUDA_VISIBLE_DEVICES). A GPU share on a node without CUDA
+    (a node that declares GPUs it has not, a CPU build of torch) trains on the CPU, and says
+    so in the trial's log and its ``device`` tag."""
     if requested != "auto":
         return requested
-    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    gpus = ray.get_gpu_ids()
+    if gpus and not torch.cuda.is_available():
+        logger.warning("Ray assigned GPU %s to this trial but CUDA is not available here; "
+                       "it trains on the CPU", ",".join(map(str, gpus)))
+    return "cuda" if gpus and torch.cuda.is_available() else "cpu"
+
+
+def placement(device: str) -> dict[str, str]:
+    """Where this trial runs, for its result (``PLACEMENT``) and its MLflow tags: Ray's node
+    (id and IP), the GPU ids Ray assigned it, and the device it trains on."""
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "gpu_ids": ",".join(map(str, ray.get_gpu_ids())) or "none", "device": device}
 
 
 def restore_run_dir(checkpoint: tune.Checkpoint | None, run_dir: Path) -> Path | None:
@@ -95,11 +113,13 @@ def run_trial(trial_params: Mapping[str, Any], *, base: Mapping[str, Any],
     torch.set_num_threads(max(1, int(cpus)))
     run_dir = Path(ctx.get_trial_dir()) / RUN_DIR
     resume = restore_run_dir(tune.get_checkpoint(), run_dir)
+    place = placement(cfg.train.device)
 
     def report(metrics: dict[str, float], run_dir: Path) -> None:
         if cfg.train.device == "cuda":  # for packing trials on a GPU (jobs/bench)
             peak = torch.cuda.max_memory_allocated() / 2**20
             metrics = {**metrics, "gpu/max_allocated_mib": peak}
+        metrics = {**metrics, PLACEMENT: place}
         best = run_dir / "best.pt"
         if test_at_end and metrics["iteration"] >= cfg.train.iterations and best.exists():
             tested = evaluate_on_test(best, dataset)

@@ -18,14 +18,24 @@ from ray.tune import Callback
 
 from mllm4wtal.sweep.faults import traceback_reason
 from mllm4wtal.sweep.mlflow_names import as_float
-from mllm4wtal.sweep.mlflow_tags import TRIAL_NUMBER_TAG
+from mllm4wtal.sweep.mlflow_tags import (
+    DEVICE_TAG,
+    GPU_IDS_TAG,
+    NODE_ID_TAG,
+    NODE_IP_TAG,
+    TRIAL_NUMBER_TAG,
+)
 from mllm4wtal.sweep.mlflow_view import ray_trial_number, run_name
 from mllm4wtal.sweep.records import trial_score
 from mllm4wtal.sweep.tracker import SweepTracker
+from mllm4wtal.sweep.trainable import PLACEMENT
 
 logger = logging.getLogger(__name__)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: a trial's ``placement`` (``sweep.trainable``) -> the tags of its run
+PLACEMENT_TAGS = {"node_id": NODE_ID_TAG, "node_ip": NODE_IP_TAG, "gpu_ids": GPU_IDS_TAG,
+                  "device": DEVICE_TAG}
 
 
 def trial_error_message(trial: Any) -> str | None:
@@ -70,6 +80,11 @@ class MlflowTuneCallback(Callback):
     experiment gets a saved view in MLflow's UI: the sweep's runs best first on that score,
     with ``view_params`` as columns (``tracker.show_runs``; ``tracker.runs_url`` opens it).
 
+    A result's ``placement`` (``sweep.trainable.placement``: Ray's node id and IP, the GPU
+    ids Ray assigned, the device trained on) becomes the tags ``ray.node_id``,
+    ``ray.node_ip``, ``ray.gpu_ids`` and ``device`` of the run, set again when a retried
+    trial reports from another node.
+
     Tracking never stops a sweep: an MLflow failure in a hook is logged as a warning
     (``strict=True`` raises instead, for tests). The sweep ends the parent run itself with
     ``tracker.finish(status)`` once ``Tuner.fit`` returns.
@@ -96,11 +111,12 @@ class MlflowTuneCallback(Callback):
         self._last_iteration: dict[str, int] = {}
         self._score: dict[str, float] = {}  # a trial's score so far
         self._seeded: set[str] = set()  # trials whose score went on from their run
+        self._placed: dict[str, dict] = {}  # the placement each trial's tags hold
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # a sweep started by an older version resumes with the callback it pickled
         defaults = {"metric": None, "mode": "max", "score": "best", "view_params": [],
-                    "_score": {}, "_seeded": set()}
+                    "_score": {}, "_seeded": set(), "_placed": {}}
         self.__dict__.update({**defaults, **state})
 
     @property
@@ -175,6 +191,10 @@ class MlflowTuneCallback(Callback):
         self._score[trial_id] = trial_score(values, self.mode, self.score)
         return {key: self._score[trial_id]}
 
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # writes queued while the MLflow server was down also go out when no trial reports
+        self.tracker.sync()
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._guard("start", trial, lambda: self._start(trial))
 
@@ -184,6 +204,17 @@ class MlflowTuneCallback(Callback):
             self._last_iteration[trial.trial_id] = int(result["iteration"])
         self._guard("result", trial, lambda: self.tracker.log_result(
             trial.trial_id, result, self._score_so_far(trial.trial_id, result)))
+        self._guard("placement", trial, lambda: self._tag_placement(trial.trial_id, result))
+
+    def _tag_placement(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """The node and GPUs of the trial as tags of its run, when they change (its first
+        result, and the first after a retry on another node)."""
+        place = result.get(PLACEMENT)
+        if not isinstance(place, Mapping) or self._placed.get(trial_id) == place:
+            return
+        tags = {tag: place[key] for key, tag in PLACEMENT_TAGS.items() if key in place}
+        if self.tracker.log_run(trial_id, tags=tags):  # queued while MLflow is down
+            self._placed[trial_id] = dict(place)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                           **info: Any) -> None:

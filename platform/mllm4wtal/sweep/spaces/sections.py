@@ -204,8 +204,9 @@ class MlflowSpec(Section):
         if out.get("tracking_uri") is None and storage is not None:
             if URI_RE.match(storage):
                 raise FieldProblem("tracking_uri", "null needs a local storage.path (it means a "
-                                                   "sqlite file there); give an MLflow server "
-                                                   "URI")
+                                                   f"sqlite file there), not {storage}; give "
+                                                   "the team's MLflow server (--tracking-uri "
+                                                   "http://host:5000)")
             out["tracking_uri"] = f"sqlite:///{Path(storage) / 'mlflow.db'}"
         if out.get("experiment") is None and name is not None:
             out["experiment"] = name
