@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ from mllm4wtal.sweep import runner
 from mllm4wtal.sweep.preflight import local_resources
 from mllm4wtal.sweep.search import load_study
 from test_faults import space_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs" / "cluster"))
+from local_cluster import processes_mentioning  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a Ray cluster, and a sweep
 
@@ -52,17 +56,6 @@ def sweep(*args: str, cwd: Path, env: dict[str, str], timeout: int = 300
           ) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "mllm4wtal"), "sweep", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains ``text`` (the Ray processes of one temp dir)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if text.encode() in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
-    return pids
 
 
 @pytest.fixture(scope="module")
