@@ -19,6 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "jobs" / "cluster"))
+from services import free_port  # noqa: E402,F401  (jobs/cluster/services.py; tests import it here)
+
 BIN = Path(sys.executable).parent
 SECTION = "### On a cluster: `ray job submit`"
 DEFAULT_PORTS = (6379, 8265, 10001, 52365)  # the README's: GCS, dashboard, client, agent
@@ -34,12 +37,6 @@ def readme_commands() -> list[str]:
     section = section[:section.index("\n## ")]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [c.strip() for c in block.replace("\\\n", " ").split("\n") if c.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_range(n: int) -> int:

@@ -37,6 +37,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from services import free_port  # noqa: E402  (jobs/cluster/services.py)
+
 BIN = Path(sys.executable).parent  # the venv's bin: ray, mllm4wtal
 WORKER_PORTS = 64  # ports of one node's worker processes (16 trials and Ray's own workers)
 # the GCS notices a killed node within seconds rather than ~30 s (Ray's defaults)
@@ -64,13 +67,6 @@ SLOW_START = {"RAY_raylet_start_wait_time_s": "120"}
 
 class ClusterError(RuntimeError):
     """The local cluster could not start (its logs are named in the message)."""
-
-
-def free_port() -> int:
-    """A port nothing listens on now, on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_port_range(count: int, taken: set[int]) -> int:
