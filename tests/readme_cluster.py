@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "jobs" / "cluster"))
-from services import free_port  # noqa: E402,F401  (jobs/cluster/services.py; tests import it here)
+from services import (  # noqa: E402,F401  (jobs/cluster/services.py; tests import free_port here)
+    free_port,
+    free_port_range,
+)
 
 BIN = Path(sys.executable).parent
 SECTION = "### On a cluster: `ray job submit`"
@@ -39,31 +41,16 @@ def readme_commands() -> list[str]:
     return [c.strip() for c in block.replace("\\\n", " ").split("\n") if c.strip()]
 
 
-def free_range(n: int) -> int:
-    """The first of ``n`` consecutive ports free on every interface now."""
-    for _ in range(50):
-        first = free_port()
-        if first + n >= 65000:
-            continue
-        socks = []
-        try:
-            for port in range(first, first + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("", port))
-            return first
-        except OSError:
-            pass
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
-
-
 def with_ports(commands: list[str]) -> tuple[list[str], dict[int, int]]:
     """``commands`` with the README's port numbers replaced by free ones, nothing else."""
-    first = free_range(WORKERS)
-    ports = {p: free_port() for p in DEFAULT_PORTS}
+    taken: set[int] = set()
+    first = free_port_range(WORKERS, taken)
+    ports: dict[int, int] = {}
+    for p in DEFAULT_PORTS:  # each its own port, none in the worker range
+        while (port := free_port()) in taken:
+            pass
+        ports[p] = port
+        taken.add(port)
     ports |= {WORKER_PORTS[0]: first, WORKER_PORTS[1]: first + WORKERS - 1}
     text = "\n".join(commands)
     for old, new in ports.items():

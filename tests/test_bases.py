@@ -45,6 +45,18 @@ def test_forward_shapes_and_ranges(name):
     assert all(torch.isfinite(t).all() for t in (out.embedding, out.cas))
 
 
+@pytest.mark.parametrize("name", sorted(BASES))
+def test_embedding_alone_is_forwards_embedding(name):
+    """``embedding`` (what inference's localization head reads) skips the attention and
+    class head but computes F_e by the same operations: equal bit for bit, padding too."""
+    model = make(name).eval()
+    x = torch.randn(3, 12, D)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.no_grad():
+        assert torch.equal(model.embedding(x, mask), model(x, mask).embedding)
+
+
 @pytest.mark.parametrize("name", [*NEW, "mil"])
 def test_padding_changes_nothing(name):
     model = make(name).eval()

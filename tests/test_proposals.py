@@ -4,6 +4,7 @@ in the same order, with the same float64 scores (compared with ==, not approxima
 
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -279,6 +280,22 @@ def test_evaluation_pass_is_unchanged(trained, source):
     assert result.flat_metrics() == ref_result.flat_metrics()
 
 
+@pytest.mark.parametrize("batch_size", [3, 7])  # 7: a last batch of one, filled
+@pytest.mark.parametrize("source", ["loc_head", "cas"])
+def test_pass_does_not_depend_on_how_videos_are_batched(trained, source, batch_size):
+    """Batches of other sizes and members (the pass sorts videos by length) give the
+    reference's predictions and mAP, bit for bit, in the dataset's order."""
+    cfg, data, model = trained
+    cfg = with_overrides(cfg, {"inference.source": source})
+    assert len({v.num_snippets for v in data.test}) > 1  # the sort does reorder
+    result, predictions = evaluate_model(model, data, cfg, torch.device("cpu"),
+                                         batch_size=batch_size)
+    ref_result, ref_predictions = reference.evaluate_model(model, data, cfg, torch.device("cpu"))
+    assert list(predictions["results"]) == [v.name for v in data.test]
+    assert predictions == ref_predictions
+    assert result.flat_metrics() == ref_result.flat_metrics()
+
+
 # --- the pieces -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", range(3))
@@ -323,3 +340,27 @@ def test_soft_nms_groups_are_independent():
         group = [Proposal(0, start[i], end[i], score[i]) for i in range(f, f + n)]
         expected += [(p.start, p.end, p.score) for p in reference.soft_nms(group, 0.3)]
     assert [(start[i], end[i], s) for i, s in zip(kept, kept_score, strict=True)] == expected
+
+
+def test_pass_leaves_the_garbage_collector_as_it_was(trained, monkeypatch):
+    """The pass pauses the cyclic GC; it is back on afterwards, after a failure too, and
+    stays off for a caller that had turned it off."""
+    cfg, data, model = trained
+    evaluate_model(model, data, cfg, torch.device("cpu"))
+    assert gc.isenabled()
+
+    def broken(*args, **kwargs):
+        assert not gc.isenabled()
+        raise RuntimeError("model failed")
+
+    monkeypatch.setattr(evaluate_module, "snippet_scores", broken)
+    with pytest.raises(RuntimeError, match="model failed"):
+        evaluate_model(model, data, cfg, torch.device("cpu"))
+    assert gc.isenabled() and model.training is False
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError):
+            evaluate_model(model, data, cfg, torch.device("cpu"))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -16,7 +16,8 @@ and on CUDA also ``torch.cuda.max_memory_allocated``.
 
 ``--compare-reference`` times, per N, today's evaluation pass against the pass before issue
 15 (``tests/proposals_reference.py``: batches of 16 in dataset order, the whole video branch,
-the proposal loop) in one process, wall and CPU time (CPU time varies less on a shared
+the proposal loop) in one process, alternating ``--repeat`` times (best of each), wall and
+CPU time (CPU time varies less on a shared
 machine), checks that both give the same predictions and mAP, and times the proposals alone
 on the same model outputs.
 
@@ -213,12 +214,15 @@ def run_compare(job: dict) -> dict:
                                                     cfg.inference.topk_divisor)
             inputs += [SnippetScores(cas, act, v.fps, v.duration, scores)
                        for v, (cas, act, scores) in zip(chunk, scored, strict=True)]
-    t0, c0 = time.perf_counter(), time.process_time()
-    new_result, new_predictions = evaluate_module.evaluate_model(model, data, cfg, device)
-    t_new, c_new = time.perf_counter() - t0, time.process_time() - c0
-    t0, c0 = time.perf_counter(), time.process_time()
-    ref_result, ref_predictions = reference.evaluate_model(model, data, cfg, device)
-    t_ref, c_ref = time.perf_counter() - t0, time.process_time() - c0
+    timed: dict[str, list[tuple[float, float]]] = {"new": [], "ref": []}
+    for _ in range(job["repeat"]):  # alternating, best of each: the machine's load shifts
+        t0, c0 = time.perf_counter(), time.process_time()
+        new_result, new_predictions = evaluate_module.evaluate_model(model, data, cfg, device)
+        timed["new"].append((time.perf_counter() - t0, time.process_time() - c0))
+        t0, c0 = time.perf_counter(), time.process_time()
+        ref_result, ref_predictions = reference.evaluate_model(model, data, cfg, device)
+        timed["ref"].append((time.perf_counter() - t0, time.process_time() - c0))
+    (t_new, c_new), (t_ref, c_ref) = min(timed["new"]), min(timed["ref"])
     t0 = time.perf_counter()
     new = list(generate_proposals_many(inputs, pcfg, fps))
     p_new = time.perf_counter() - t0
@@ -280,6 +284,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["step", "pass"])
     ap.add_argument("--compare-reference", action="store_true",
                     help="per N: the pass with today's proposals vs the reference loop")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="--compare-reference: passes of each, alternating (best of each)")
     ap.add_argument("--reference-tree", default=None, metavar="DIR",
                     help="steps: also measure the checkout DIR (e.g. a clone at the commit "
                          "before a change), alternating with this one, and print the ratios")
@@ -319,7 +325,8 @@ def main() -> None:
               f"{trained['seconds']:.0f} s)", flush=True)
         for n in args.videos:
             job = {**common, "kind": "compare" if args.compare_reference else "pass",
-                   "videos": n, "run_dir": run_dir, "pass_max_len": args.pass_max_len}
+                   "videos": n, "run_dir": run_dir, "pass_max_len": args.pass_max_len,
+                   "repeat": args.repeat}
             r = spawn(job)
             if args.compare_reference:
                 same = r["same_predictions"] and r["same_map"] and r["same_proposals"]

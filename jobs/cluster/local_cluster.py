@@ -29,7 +29,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from services import free_port  # noqa: E402  (jobs/cluster/services.py)
+from services import free_port, free_port_range  # noqa: E402  (jobs/cluster/services.py)
 
 BIN = Path(sys.executable).parent  # the venv's bin: ray, mllm4wtal
 WORKER_PORTS = 64  # ports of one node's worker processes (16 trials and Ray's own workers)
@@ -67,27 +66,6 @@ SLOW_START = {"RAY_raylet_start_wait_time_s": "120"}
 
 class ClusterError(RuntimeError):
     """The local cluster could not start (its logs are named in the message)."""
-
-
-def free_port_range(count: int, taken: set[int]) -> int:
-    """The first of ``count`` consecutive free ports (outside ``taken``) on 127.0.0.1."""
-    rng = secrets.SystemRandom()
-    for _ in range(200):
-        first = rng.randrange(20000, 30000 - count)
-        span = range(first, first + count)
-        if taken.isdisjoint(span) and all(port_is_free(p) for p in span):
-            taken.update(span)
-            return first
-    raise ClusterError(f"no {count} consecutive free ports between 20000 and 30000")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def processes_mentioning(text: str) -> list[int]:

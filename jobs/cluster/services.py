@@ -35,10 +35,34 @@ class ServiceError(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 right now (from the kernel's ephemeral range)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on ``port`` on any address now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_range(count: int, taken: set[int]) -> int:
+    """The first of ``count`` consecutive free ports, none in ``taken`` (they are added to
+    it), between 20000 and 30000: below the kernel's ephemeral range, so that no port a
+    process is given by the kernel later (``free_port``, Ray's random ones) falls in it."""
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        first = rng.randrange(20000, 30000 - count)
+        span = range(first, first + count)
+        if taken.isdisjoint(span) and all(port_is_free(p) for p in span):
+            taken.update(span)
+            return first
+    raise ServiceError(f"no {count} consecutive free ports between 20000 and 30000")
 
 
 def tail(path: Path, n: int = 3) -> str:

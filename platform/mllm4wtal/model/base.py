@@ -96,6 +96,12 @@ class BaseWTAL(nn.Module):
     def forward(self, features: Tensor, mask: Tensor) -> BaseOutput:  # pragma: no cover
         raise NotImplementedError
 
+    def embedding(self, features: Tensor, mask: Tensor) -> Tensor:
+        """F_e alone, the localization head's input at inference (eq. 18). Bases whose
+        embedding does not need their attention or class head override it to skip them;
+        the same operations as ``forward``, so the same numbers bit for bit."""
+        return self(features, mask).embedding
+
     def aux_losses(self, out: BaseOutput, cas: Tensor, labels: Tensor, mask: Tensor,
                    topk: int) -> dict[str, Tensor]:
         return {}
@@ -121,8 +127,11 @@ class MILBaseline(BaseWTAL):
         self.norm_weight, self.guide_weight = norm_weight, guide_weight
 
     def forward(self, features: Tensor, mask: Tensor) -> BaseOutput:
-        emb = self.embed(features, mask)
+        emb = self.embedding(features, mask)
         return BaseOutput(embedding=emb, attention=self.attn(emb, mask), cas=self.head(emb))
+
+    def embedding(self, features: Tensor, mask: Tensor) -> Tensor:
+        return self.embed(features, mask)
 
     def aux_losses(self, out: BaseOutput, cas: Tensor, labels: Tensor, mask: Tensor,
                    topk: int) -> dict[str, Tensor]:

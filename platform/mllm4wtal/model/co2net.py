@@ -121,7 +121,8 @@ class CO2Net(BaseWTAL):
         self.coact_pairs = coact_pairs
         self.apply(kaiming_init)
 
-    def forward(self, features: Tensor, mask: Tensor) -> BaseOutput:
+    def _fuse(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The embedding and the two modalities' attentions."""
         m = mask[..., None].to(features.dtype)
         x = features * m
         rgb, flow = x[..., : self.rgb_dim], x[..., self.rgb_dim:]
@@ -129,6 +130,13 @@ class CO2Net(BaseWTAL):
         a_flow, x_flow = self.flow(flow, rgb, mask)
         fused = torch.cat([x_rgb, x_flow], dim=-1).transpose(1, 2)
         emb = self.fusion(fused).transpose(1, 2) * m  # zero at padding for later convs
+        return emb, a_rgb, a_flow
+
+    def embedding(self, features: Tensor, mask: Tensor) -> Tensor:
+        return self._fuse(features, mask)[0]
+
+    def forward(self, features: Tensor, mask: Tensor) -> BaseOutput:
+        emb, a_rgb, a_flow = self._fuse(features, mask)
         cas = self.head(self.cls_conv(emb.transpose(1, 2)).transpose(1, 2))
         return BaseOutput(embedding=emb, attention=(a_rgb + a_flow) / 2, cas=cas,
                           aux={"rgb_attention": a_rgb, "flow_attention": a_flow})

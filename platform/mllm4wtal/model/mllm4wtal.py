@@ -117,7 +117,7 @@ class MLLM4WTAL(nn.Module):
         """Snippet class logits (B, T, C) of the localization head: the inference path of
         eq. 18, the video branch and the head only (no KSM, no CSR, no text)."""
         assert self.loc is not None
-        return self.loc(self.base(features, mask).embedding, mask)[0]
+        return self.loc(self.base.embedding(features, mask), mask)[0]
 
     def csr_attention(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
         assert self.csr is not None

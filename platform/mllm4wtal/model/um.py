@@ -98,9 +98,12 @@ class UM(BaseWTAL):
         self.norm_weight, self.cls_weight, self.beta = norm_weight, cls_weight, beta
         self.r_act, self.r_bkg, self.select_dropout = r_act, r_bkg, select_dropout
 
-    def forward(self, features: Tensor, mask: Tensor) -> BaseOutput:
+    def embedding(self, features: Tensor, mask: Tensor) -> Tensor:
         m = mask[..., None].to(features.dtype)
-        emb = F.relu(self.embed((features * m).transpose(1, 2))).transpose(1, 2) * m
+        return F.relu(self.embed((features * m).transpose(1, 2))).transpose(1, 2) * m
+
+    def forward(self, features: Tensor, mask: Tensor) -> BaseOutput:
+        emb = self.embedding(features, mask)
         cas = self.head(emb.transpose(1, 2)).transpose(1, 2)
         magnitude = torch.linalg.vector_norm(emb.float(), dim=-1)
         aux: dict[str, Tensor] = {}
