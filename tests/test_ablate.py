@@ -186,6 +186,21 @@ def test_command_line_mistakes(tmp_path):
         load_study(tmp_path / "broken.yaml")
 
 
+def test_object_store_storage_is_refused_before_anything_is_written(tmp_path, capsys,
+                                                                     monkeypatch):
+    """A study's runner writes its folder in place: an s3:// storage is refused in one line
+    (before: a local folder named 's3:' once the MLflow server answered)."""
+    path = _write(tmp_path, _doc(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    assert main(["ablate", str(path), "--storage", "s3://lab/ablations", "--tracking-uri",
+                 "http://127.0.0.1:1", "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "storage.path = 's3://lab/ablations'" in err[0], err
+    assert "--storage /shared/ablations" in err[0]
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def test_missing_description_store_is_refused_before_any_run(tmp_path, capsys):
     doc = _doc(tmp_path, variants={"templates": {"overrides": {"text.backend": "template"}},
                                    "mllm": {"overrides": {"text.backend": "file",

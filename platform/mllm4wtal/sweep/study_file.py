@@ -67,7 +67,13 @@ from mllm4wtal.config import Config, ConfigError, did_you_mean, flatten, from_fl
 from mllm4wtal.errors import UserError
 from mllm4wtal.evaluation.detection import average_metric_name, tiou_key
 from mllm4wtal.sweep.spaces.file_parser import FileParser, is_dataset_key
-from mllm4wtal.sweep.spaces.sections import MlflowSpec, ResourcesSpec, StudyTrials, TrialsSpec
+from mllm4wtal.sweep.spaces.sections import (
+    URI_RE,
+    MlflowSpec,
+    ResourcesSpec,
+    StudyTrials,
+    TrialsSpec,
+)
 from mllm4wtal.sweep.spaces.values import is_int, is_num, show
 
 TOP_LEVEL_KEYS = ("name", "description", "paper", "base", "overrides", "seeds", "reference",
@@ -417,6 +423,11 @@ def load_study(path: str | Path, overrides: Sequence[str] = (), seeds: Any = Non
 
     study = StudyParser(path, list(overrides), storage_edits(storage, tracking_uri)
                          ).parse_study(seeds)
+    if URI_RE.match(study.storage_path):  # the study's runner writes its folder in place
+        raise StudyError(f"{study.where}: storage.path = {study.storage_path!r}: an ablation "
+                         "study keeps its folder on a file system (object-store URIs are for "
+                         "`mllm4wtal sweep`); give a local or shared folder, e.g. --storage "
+                         "/shared/ablations")
     check_job_storage(study.where, study.experiment_dir)
     return study
 
