@@ -189,9 +189,12 @@ def test_killed_driver_resumes_on_the_cluster(cluster, storage, tmp_path):
     assert "6 trials: 0 pruned by ASHA, 0 failed" in out, out[-3000:]
     runs = assert_one_record_per_trial(space, 6)
     finished = {t for t, r in runs.items() if r.data.tags.get("outcome") == "finished"}
-    for trial_dir, count in before.items():  # a trial that had finished was not rerun
+    for trial_dir, count in before.items():  # a trial that had finished was not trained again
         if count == 3:  # its three reports: 2, 4, 6
-            assert len(results(exp / trial_dir)) == 3
+            rows = results(exp / trial_dir)
+            # killed after its last report but before Ray saved its end, Ray resumes it from
+            # its last checkpoint (iteration 6), which reports that evaluation once more
+            assert len(rows) <= 4 and all(r["iteration"] == 6 for r in rows[3:]), rows
     assert len(finished) == 6
     print(f"driver kill + resume: {time.time() - started:.0f} s")
 
