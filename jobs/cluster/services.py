@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 BIN = Path(sys.executable).parent
 
@@ -123,7 +123,28 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) 
     raise ServiceError(f"{url} did not answer in {timeout:.0f} s: {tail(log)}")
 
 
-class MlflowServer:
+class Service:
+    """A server process of ours: ``start()`` (in each subclass), ``stop()`` by its process
+    id, and ``with`` for both."""
+
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> Self:  # pragma: no cover
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class MlflowServer(Service):
     """``mlflow server`` on 127.0.0.1: ``start()``, ``stop()`` and ``start()`` again on the
     same port (an outage and its end), ``url`` for ``--tracking-uri``."""
 
@@ -148,16 +169,6 @@ class MlflowServer:
         wait_http(f"{self.url}/health", self.proc, self.log, timeout)
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
-    def __enter__(self) -> MlflowServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 PG_LIB = Path("/usr/lib/postgresql")  # Debian: <version>/bin, out of PATH
@@ -192,7 +203,7 @@ def server_user() -> str | None:
                        "create an unprivileged user for the database server")
 
 
-class Postgres:
+class Postgres(Service):
     """A throwaway PostgreSQL cluster on 127.0.0.1: ``initdb`` into a temp dir, the server on a
     free port with a unix socket dir of its own, a user with a password and one database per
     name in ``databases`` (MLflow and Optuna each keep an ``alembic_version`` table, so they
@@ -276,14 +287,9 @@ class Postgres:
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> Postgres:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
-class S3Server:
+class S3Server(Service):
     """An S3-compatible object store on 127.0.0.1 (``moto_server``, in memory) with one
     bucket; ``endpoint`` and ``env`` (what a client reads: ``AWS_ENDPOINT_URL``, keys,
     region) for Ray's ``storage_path=s3://<bucket>/...``, pyarrow, boto3 and MLflow."""
@@ -323,13 +329,3 @@ class S3Server:
         self.client().create_bucket(Bucket=self.bucket)
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
-    def __enter__(self) -> S3Server:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
